@@ -5,81 +5,81 @@
  */
 import process from "node:process";
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { PROTOCOL_VERSION, VERSION } from "./version.ts";
+import { EXIT_CODES, NodectlError, PROTOCOL_VERSION, VERSION } from "./mod.ts";
+import { cookie, id, knownNodes } from "./cli/admin.ts";
+import { call, CALL_FLAGS, CALL_HELP } from "./cli/call.ts";
+import { UsageError, type Values } from "./cli/common.ts";
+import { demo } from "./cli/demo.ts";
+import { serve, SERVE_FLAGS, SERVE_HELP } from "./cli/serve.ts";
 
-/** Exit codes shared by every command; per-error codes come from the node layer. */
+/** Exit code: success. */
 export const EXIT_OK = 0;
-/** Generic failure. */
+/** Exit code: a failure that has no code of its own. */
 export const EXIT_FAILURE = 1;
-/** Bad command line: unknown command or flag, missing or malformed value. */
+/** Exit code: bad command line (unknown command or flag, missing or malformed value). */
 export const EXIT_USAGE = 2;
 
-/** A mistake in the command line; printed as one line with a usage hint, exit code 2. */
-export class UsageError extends Error {
-  override name = "UsageError";
-  constructor(message: string, readonly command?: string) {
-    super(message);
-  }
-}
-
 type Options = NonNullable<ParseArgsConfig["options"]>;
-type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
 
 interface Command {
   summary: string;
   usage: string;
   details: string;
   options: Options;
+  positionals?: boolean;
   run(values: Values, positionals: string[]): Promise<number>;
 }
 
 const COMMON: Options = { help: { type: "boolean", short: "h" } };
+const CONFIG_DIR: Options = { "config-dir": { type: "string" } };
+const NAME_FLAGS: Options = { name: { type: "string" }, sname: { type: "string" } };
 
 const COMMANDS: Record<string, Command> = {
   serve: {
     summary: "run a node (private: SecretService; public: HTTP front that calls it)",
     usage: "nodectl serve --role private|public|private,public [flags]",
-    details: [
-      "  --role R           private, public, or private,public (both in one process)",
-      "  --name N@HOST      long node name (DNS name or IP)",
-      "  --sname N          short node name, reachable from this host",
-    ].join("\n"),
-    options: {
-      role: { type: "string" },
-      name: { type: "string" },
-      sname: { type: "string" },
-    },
-    run: () => notYet("serve"),
+    details: SERVE_HELP,
+    options: SERVE_FLAGS,
+    run: (values) => serve(values),
   },
   call: {
     summary: "call a function of a service on a node and print the result",
     usage: "nodectl call [SERVICE.]FUNCTION [ARG...] --to NAME@HOST[:PORT] [flags]",
-    details: [
-      "  --to NODE          the node to call (name@host, name@host:port, or a short name)",
-      "  --json             print the result as JSON",
-      "  --timeout MS       one deadline for resolve, connect, handshake and call (5000)",
-    ].join("\n"),
-    options: {
-      to: { type: "string" },
-      json: { type: "boolean" },
-      timeout: { type: "string" },
-    },
-    run: () => notYet("call"),
+    details: CALL_HELP,
+    options: CALL_FLAGS,
+    positionals: true,
+    run: (values, positionals) => call(values, positionals),
   },
   demo: {
     summary: "walk through the seed story with two local nodes, then clean up",
     usage: "nodectl demo",
-    details: "",
-    options: {},
-    run: () => notYet("demo"),
+    details: "  --keep               leave the temp directory (and its logs) behind",
+    options: { keep: { type: "boolean" } },
+    run: (values) => demo(values),
+  },
+  id: {
+    summary: "print a node's public key fingerprint (created on first use)",
+    usage: "nodectl id [--sname N | --name N@HOST] [--config-dir DIR]",
+    details: "  --sname N / --name N@HOST  the node (default: private)\n  --config-dir DIR",
+    options: { ...NAME_FLAGS, ...CONFIG_DIR },
+    run: (values) => id(values),
+  },
+  "known-nodes": {
+    summary: "list, forget or add pinned peer keys (like ssh's known_hosts)",
+    usage: "nodectl known-nodes [list | forget NODE | add NODE BASE64KEY] [--config-dir DIR]",
+    details: "  --config-dir DIR",
+    options: CONFIG_DIR,
+    positionals: true,
+    run: (values, positionals) => knownNodes(values, positionals),
+  },
+  cookie: {
+    summary: "show where the cookie comes from and its strength (creates it on first use)",
+    usage: "nodectl cookie [--config-dir DIR] [--cookie-file PATH]",
+    details: "  --config-dir DIR\n  --cookie-file PATH",
+    options: { ...CONFIG_DIR, "cookie-file": { type: "string" } },
+    run: (values) => cookie(values),
   },
 };
-
-async function notYet(name: string): Promise<number> {
-  await Promise.resolve();
-  process.stderr.write(`nodectl: '${name}' is not available in this build yet\n`);
-  return EXIT_FAILURE;
-}
 
 function topHelp(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
@@ -98,7 +98,8 @@ function topHelp(): string {
     "  -h, --help     show help (also: nodectl <command> --help)",
     "  -V, --version  show version and protocol version",
     "",
-    "Exit codes: 0 success, 1 failure, 2 usage error.",
+    "Exit codes: 0 success, 1 failure, 2 usage error, " +
+    Object.entries(EXIT_CODES).map(([code, n]) => `${n} ${code}`).join(", ") + ".",
   ].join("\n") + "\n";
 }
 
@@ -112,6 +113,10 @@ function commandHelp(name: string, c: Command): string {
     ...(c.details ? [c.details] : []),
     "  -h, --help         show this help",
   ].join("\n") + "\n";
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, " ");
 }
 
 /** Turns node:util parseArgs' messages into one line naming the offending flag. */
@@ -151,7 +156,7 @@ export async function main(args: string[]): Promise<number> {
       parsed = parseArgs({
         args: rest,
         options: { ...COMMON, ...command.options },
-        allowPositionals: true,
+        allowPositionals: command.positionals ?? false,
         strict: true,
       });
     } catch (err) {
@@ -168,8 +173,13 @@ export async function main(args: string[]): Promise<number> {
       process.stderr.write(`nodectl: ${err.message} (see '${hint}')\n`);
       return EXIT_USAGE;
     }
-    const message = err instanceof Error ? err.message : String(err);
-    process.stderr.write(`nodectl: ${message}\n`);
+    if (err instanceof NodectlError) {
+      process.stderr.write(`nodectl: ${oneLine(err.message)}\n`);
+      return err.exitCode;
+    }
+    // Not a user error: still one line, but say it is unexpected.
+    const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    process.stderr.write(`nodectl: unexpected error: ${oneLine(message)}\n`);
     return EXIT_FAILURE;
   }
 }

@@ -1,7 +1,55 @@
 /**
  * nodectl — call named services on other machines over an encrypted, mutually authenticated
- * Noise channel. This module re-exports the public API.
+ * Noise channel (X25519, ChaCha20-Poly1305, BLAKE2s; the cookie is the pre-shared key). This
+ * module re-exports the public API.
+ *
+ * @example
+ * ```ts ignore
+ * import { Node, secureNetwork, tcpDialer } from "./mod.ts";
+ * const node = await Node.start({ name: "public@host", network: secureNetwork(tcpDialer, cfg), listen: false });
+ * console.log(await node.call("SecretService", "get_data", [], { node: "private@host" }));
+ * ```
  *
  * @module
  */
 export { PROTOCOL_VERSION, VERSION } from "./version.ts";
+export * from "./errors.ts";
+
+// transport/: keys, cookie, pinning, the Noise handshake and networks
+export { generateKeyPair, type KeyPair, publicKeyFingerprint } from "./transport/crypto.ts";
+export {
+  checkCookieStrength,
+  COOKIE_ENV,
+  defaultConfigDir,
+  derivePsk,
+  estimateCookieBits,
+  generateCookie,
+  loadCookie,
+  MIN_COOKIE_BITS,
+} from "./transport/cookie.ts";
+export { type Identity, identityPath, loadOrCreateIdentity } from "./transport/identity.ts";
+export { KNOWN_NODES_FILE_NAME, KnownNodes } from "./transport/known_nodes.ts";
+export { HANDSHAKE_TIMEOUT_MS, type HandshakeConfig, NOISE_PROTOCOL } from "./transport/handshake.ts";
+export { plainNetwork, secureNetwork, tcpDialer, type TransportDialer } from "./transport/network.ts";
+export { memoryDialer } from "./transport/memory_dialer.ts";
+export type { SessionOptions } from "./transport/session.ts";
+export type { CloseReason, Listener, Network, PeerInfo, Session, Transport } from "./transport/types.ts";
+
+// node/: names, nodes, calls, monitors
+export { DEFAULT_PORT, formatAddress, parseNodeName, shortHostname, shortName } from "./node/names.ts";
+export { defaultRunDir } from "./node/run_dir.ts";
+export type { NodeEvent } from "./node/monitor.ts";
+export type { CallContext, ServiceDefinition } from "./node/services.ts";
+export * from "./node/node.ts";
+
+// services/: the Secret store, SecretService, PublicService, logging
+export { DEFAULT_KEY, SecretStore } from "./services/secret_store.ts";
+export { SECRET_SERVICE, secretService } from "./services/secret_service.ts";
+export { PrivateAPI } from "./services/private_api.ts";
+export {
+  DEFAULT_HTTP_HOST,
+  DEFAULT_HTTP_PORT,
+  type HealthStatus,
+  startPublicService,
+} from "./services/public_service.ts";
+export { createLogger, isLogLevel, type Logger, type LogLevel } from "./services/log.ts";

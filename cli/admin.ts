@@ -1,0 +1,92 @@
+/**
+ * Small administrative commands: `id` (this node's key fingerprint), `known-nodes` (the pinned
+ * peer keys), `cookie` (where the cookie lives; create it).
+ *
+ * @module
+ */
+import { join } from "node:path";
+import process from "node:process";
+import {
+  defaultConfigDir,
+  estimateCookieBits,
+  identityPath,
+  KNOWN_NODES_FILE_NAME,
+  KnownNodes,
+  loadCookie,
+  loadOrCreateIdentity,
+  MIN_COOKIE_BITS,
+} from "../mod.ts";
+import { nodeNameFrom, str, UsageError, type Values } from "./common.ts";
+
+function configDir(values: Values): string {
+  return str(values, "config-dir") ?? defaultConfigDir(process.env);
+}
+
+/** `nodectl id [--sname N | --name N@H]`: the node's public key and fingerprint. */
+export function id(values: Values): Promise<number> {
+  const name = nodeNameFrom(values, "id", "private");
+  const identity = loadOrCreateIdentity(identityPath(configDir(values), name));
+  const pub = btoa(String.fromCharCode(...identity.keyPair.publicKey));
+  process.stdout.write(`${name} ${identity.fingerprint} ${pub}\n`);
+  return Promise.resolve(0);
+}
+
+/** `nodectl known-nodes list | forget NODE | add NODE BASE64KEY`. */
+export function knownNodes(values: Values, positionals: string[]): Promise<number> {
+  const path = join(configDir(values), KNOWN_NODES_FILE_NAME);
+  const known = KnownNodes.load(path, { strict: false });
+  const [action, ...rest] = positionals;
+  switch (action ?? "list") {
+    case "list":
+      for (const n of known.list()) process.stdout.write(`${n.name} ${n.fingerprint}\n`);
+      return Promise.resolve(0);
+    case "forget": {
+      const [node] = rest;
+      if (node === undefined) throw new UsageError("known-nodes forget needs a NODE", "known-nodes");
+      if (!known.forget(node)) {
+        process.stderr.write(`nodectl: ${node} is not in ${path}\n`);
+        return Promise.resolve(1);
+      }
+      process.stdout.write(`forgot ${node}; its key will be pinned again on next contact\n`);
+      return Promise.resolve(0);
+    }
+    case "add": {
+      const [node, key] = rest;
+      if (node === undefined || key === undefined) {
+        throw new UsageError("known-nodes add needs NODE and its base64 key (from 'nodectl id' on that node)", "known-nodes");
+      }
+      let bytes: Uint8Array;
+      try {
+        bytes = Uint8Array.from(atob(key), (c) => c.charCodeAt(0));
+      } catch {
+        bytes = new Uint8Array(0);
+      }
+      if (bytes.length !== 32) {
+        throw new UsageError("the key must be 32 bytes in base64, as 'nodectl id' prints it", "known-nodes");
+      }
+      known.pin(node, bytes);
+      process.stdout.write(`pinned ${node}\n`);
+      return Promise.resolve(0);
+    }
+    default:
+      throw new UsageError(`unknown action '${action}': use list, forget or add`, "known-nodes");
+  }
+}
+
+/** `nodectl cookie`: where the cookie comes from and how strong it is; creates the default file. */
+export function cookie(values: Values): Promise<number> {
+  const cookieFile = str(values, "cookie-file");
+  const loaded = loadCookie({
+    env: process.env,
+    configDir: configDir(values),
+    create: true,
+    ...(cookieFile !== undefined ? { cookieFile } : {}),
+  });
+  const bits = Math.floor(estimateCookieBits(loaded.cookie));
+  const where = loaded.source === "env" ? "NODECTL_COOKIE" : loaded.path;
+  const verdict = bits >= MIN_COOKIE_BITS ? "ok" : `too weak (need ${MIN_COOKIE_BITS})`;
+  process.stdout.write(
+    `cookie from ${where}${loaded.created ? " (just created, mode 0600)" : ""}: ~${bits} bits, ${verdict}\n`,
+  );
+  return Promise.resolve(0);
+}
