@@ -5,12 +5,12 @@
  */
 import process from "node:process";
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { EXIT_CODES, NodectlError, PROTOCOL_VERSION, VERSION } from "./mod.ts";
 import { cookie, id, knownNodes } from "./cli/admin.ts";
 import { call, CALL_FLAGS, CALL_HELP } from "./cli/call.ts";
 import { UsageError, type Values } from "./cli/common.ts";
 import { demo } from "./cli/demo.ts";
 import { serve, SERVE_FLAGS, SERVE_HELP } from "./cli/serve.ts";
+import { EXIT_CODES, NodectlError, PROTOCOL_VERSION, VERSION } from "./mod.ts";
 
 /** Exit code: success. */
 export const EXIT_OK = 0;
@@ -74,10 +74,16 @@ const COMMANDS: Record<string, Command> = {
   },
   cookie: {
     summary: "show where the cookie comes from and its strength (creates it on first use)",
-    usage: "nodectl cookie [--config-dir DIR] [--cookie-file PATH]",
-    details: "  --config-dir DIR\n  --cookie-file PATH",
-    options: { ...CONFIG_DIR, "cookie-file": { type: "string" } },
-    run: (values) => cookie(values),
+    usage: "nodectl cookie [new [--force]] [--config-dir DIR] [--cookie-file PATH]",
+    details: [
+      "  new                  write a fresh 256-bit cookie (0600) to the cookie file",
+      "  --force              with new: replace an existing cookie file",
+      "  --config-dir DIR     where the default cookie file lives",
+      "  --cookie-file PATH   use PATH instead of <config-dir>/cookie",
+    ].join("\n"),
+    options: { ...CONFIG_DIR, "cookie-file": { type: "string" }, force: { type: "boolean" } },
+    positionals: true,
+    run: (values, positionals) => cookie(values, positionals),
   },
 };
 
@@ -98,8 +104,8 @@ function topHelp(): string {
     "  -h, --help     show help (also: nodectl <command> --help)",
     "  -V, --version  show version and protocol version",
     "",
-    "Exit codes: 0 success, 1 failure, 2 usage error, " +
-    Object.entries(EXIT_CODES).map(([code, n]) => `${n} ${code}`).join(", ") + ".",
+    "Exit codes: 0 success, 1 failure, 2 usage error, "
+    + Object.entries(EXIT_CODES).map(([code, n]) => `${n} ${code}`).join(", ") + ".",
   ].join("\n") + "\n";
 }
 
@@ -129,6 +135,8 @@ function usageFromParseError(err: unknown, command: string): UsageError {
     const flag = missing[1]!.split(",").pop()!.trim().split(" ")[0];
     return new UsageError(`flag ${flag} needs a value`, command);
   }
+  const unexpected = /Unexpected argument '([^']+)'/.exec(msg);
+  if (unexpected) return new UsageError(`unexpected argument '${unexpected[1]}'`, command);
   const first = msg.split("\n")[0] ?? msg;
   return new UsageError(first.replace(/\. To specify.*$/, ""), command);
 }

@@ -12,39 +12,63 @@
  *
  * @module
  */
-export { PROTOCOL_VERSION, VERSION } from "./version.ts";
 export * from "./errors.ts";
+export { PROTOCOL_VERSION, VERSION } from "./version.ts";
 
 // transport/: keys, cookie, pinning, the Noise handshake and networks
-export { generateKeyPair, type KeyPair, publicKeyFingerprint } from "./transport/crypto.ts";
 export {
   checkCookieStrength,
   COOKIE_ENV,
+  COOKIE_FILE_NAME,
   defaultConfigDir,
+  ensurePrivateDir,
   derivePsk,
   estimateCookieBits,
   generateCookie,
   loadCookie,
   MIN_COOKIE_BITS,
+  writeFileExclusive,
 } from "./transport/cookie.ts";
+export { generateKeyPair, type KeyPair, publicKeyFingerprint } from "./transport/crypto.ts";
+export {
+  HANDSHAKE_TIMEOUT_MS,
+  type HandshakeConfig,
+  NOISE_PROTOCOL,
+} from "./transport/handshake.ts";
 export { type Identity, identityPath, loadOrCreateIdentity } from "./transport/identity.ts";
 export { KNOWN_NODES_FILE_NAME, KnownNodes } from "./transport/known_nodes.ts";
-export { HANDSHAKE_TIMEOUT_MS, type HandshakeConfig, NOISE_PROTOCOL } from "./transport/handshake.ts";
-export { plainNetwork, secureNetwork, tcpDialer, type TransportDialer } from "./transport/network.ts";
 export { memoryDialer } from "./transport/memory_dialer.ts";
+export {
+  plainNetwork,
+  secureNetwork,
+  tcpDialer,
+  type TransportDialer,
+} from "./transport/network.ts";
 export type { SessionOptions } from "./transport/session.ts";
-export type { CloseReason, Listener, Network, PeerInfo, Session, Transport } from "./transport/types.ts";
+export type {
+  CloseReason,
+  Listener,
+  Network,
+  PeerInfo,
+  Session,
+  Transport,
+} from "./transport/types.ts";
 
 // node/: names, nodes, calls, monitors
-export { DEFAULT_PORT, formatAddress, parseNodeName, shortHostname, shortName } from "./node/names.ts";
-export { defaultRunDir } from "./node/run_dir.ts";
 export type { NodeEvent } from "./node/monitor.ts";
-export type { CallContext, ServiceDefinition } from "./node/services.ts";
+export {
+  DEFAULT_PORT,
+  formatAddress,
+  parseNodeName,
+  shortHostname,
+  shortName,
+} from "./node/names.ts";
 export * from "./node/node.ts";
+export { defaultRunDir } from "./node/run_dir.ts";
+export type { CallContext, ServiceDefinition } from "./node/services.ts";
 
 // services/: the Secret store, SecretService, PublicService, logging
-export { DEFAULT_KEY, SecretStore } from "./services/secret_store.ts";
-export { SECRET_SERVICE, secretService } from "./services/secret_service.ts";
+export { createLogger, isLogLevel, type Logger, type LogLevel } from "./services/log.ts";
 export { PrivateAPI } from "./services/private_api.ts";
 export {
   DEFAULT_HTTP_HOST,
@@ -52,4 +76,5 @@ export {
   type HealthStatus,
   startPublicService,
 } from "./services/public_service.ts";
-export { createLogger, isLogLevel, type Logger, type LogLevel } from "./services/log.ts";
+export { SECRET_SERVICE, secretService } from "./services/secret_service.ts";
+export { DEFAULT_KEY, SecretStore } from "./services/secret_store.ts";

@@ -4,17 +4,24 @@
  *
  * @module
  */
-import { join } from "node:path";
+import { existsSync, unlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import process from "node:process";
 import {
+  ConfigError,
+  COOKIE_FILE_NAME,
   defaultConfigDir,
+  ensurePrivateDir,
   estimateCookieBits,
+  generateCookie,
   identityPath,
   KNOWN_NODES_FILE_NAME,
   KnownNodes,
   loadCookie,
   loadOrCreateIdentity,
   MIN_COOKIE_BITS,
+  publicKeyFingerprint,
+  writeFileExclusive,
 } from "../mod.ts";
 import { nodeNameFrom, str, UsageError, type Values } from "./common.ts";
 
@@ -42,7 +49,9 @@ export function knownNodes(values: Values, positionals: string[]): Promise<numbe
       return Promise.resolve(0);
     case "forget": {
       const [node] = rest;
-      if (node === undefined) throw new UsageError("known-nodes forget needs a NODE", "known-nodes");
+      if (node === undefined) {
+        throw new UsageError("known-nodes forget needs a NODE", "known-nodes");
+      }
       if (!known.forget(node)) {
         process.stderr.write(`nodectl: ${node} is not in ${path}\n`);
         return Promise.resolve(1);
@@ -53,7 +62,10 @@ export function knownNodes(values: Values, positionals: string[]): Promise<numbe
     case "add": {
       const [node, key] = rest;
       if (node === undefined || key === undefined) {
-        throw new UsageError("known-nodes add needs NODE and its base64 key (from 'nodectl id' on that node)", "known-nodes");
+        throw new UsageError(
+          "known-nodes add needs NODE and its base64 key (from 'nodectl id' on that node)",
+          "known-nodes",
+        );
       }
       let bytes: Uint8Array;
       try {
@@ -62,10 +74,22 @@ export function knownNodes(values: Values, positionals: string[]): Promise<numbe
         bytes = new Uint8Array(0);
       }
       if (bytes.length !== 32) {
-        throw new UsageError("the key must be 32 bytes in base64, as 'nodectl id' prints it", "known-nodes");
+        throw new UsageError(
+          "the key must be 32 bytes in base64, as 'nodectl id' prints it",
+          "known-nodes",
+        );
       }
-      known.pin(node, bytes);
-      process.stdout.write(`pinned ${node}\n`);
+      const result = known.pin(node, bytes);
+      if (result.status === "changed") {
+        process.stderr.write(
+          `nodectl: ${node} is already pinned to another key (${
+            publicKeyFingerprint(result.pinned)
+          }); `
+            + `run 'nodectl known-nodes forget ${node}' first\n`,
+        );
+        return Promise.resolve(1);
+      }
+      process.stdout.write(`${result.status === "known" ? "already pinned" : "pinned"} ${node}\n`);
       return Promise.resolve(0);
     }
     default:
@@ -73,8 +97,19 @@ export function knownNodes(values: Values, positionals: string[]): Promise<numbe
   }
 }
 
-/** `nodectl cookie`: where the cookie comes from and how strong it is; creates the default file. */
-export function cookie(values: Values): Promise<number> {
+/**
+ * `nodectl cookie`: where the cookie comes from and how strong it is (creates the default file).
+ * `nodectl cookie new [--force]`: writes a fresh 256-bit cookie to the cookie file, 0600.
+ */
+export function cookie(values: Values, positionals: string[]): Promise<number> {
+  const [action, ...extra] = positionals;
+  if (extra.length > 0 || (action !== undefined && action !== "new" && action !== "show")) {
+    throw new UsageError(
+      `unknown action '${positionals.join(" ")}': use 'cookie', or 'cookie new'`,
+      "cookie",
+    );
+  }
+  if (action === "new") return newCookie(values);
   const cookieFile = str(values, "cookie-file");
   const loaded = loadCookie({
     env: process.env,
@@ -86,7 +121,30 @@ export function cookie(values: Values): Promise<number> {
   const where = loaded.source === "env" ? "NODECTL_COOKIE" : loaded.path;
   const verdict = bits >= MIN_COOKIE_BITS ? "ok" : `too weak (need ${MIN_COOKIE_BITS})`;
   process.stdout.write(
-    `cookie from ${where}${loaded.created ? " (just created, mode 0600)" : ""}: ~${bits} bits, ${verdict}\n`,
+    `cookie from ${where}${
+      loaded.created ? " (just created, mode 0600)" : ""
+    }: ~${bits} bits, ${verdict}\n`,
+  );
+  return Promise.resolve(0);
+}
+
+function newCookie(values: Values): Promise<number> {
+  const path = str(values, "cookie-file") ?? join(configDir(values), COOKIE_FILE_NAME);
+  if (existsSync(path)) {
+    if (values.force !== true) {
+      throw new UsageError(
+        `${path} exists; pass --force to replace it (every node must then get the new one)`,
+        "cookie",
+      );
+    }
+    unlinkSync(path);
+  }
+  ensurePrivateDir(dirname(path));
+  if (!writeFileExclusive(path, generateCookie() + "\n", "cookie file")) {
+    throw new ConfigError(`${path} appeared while writing it; run the command again`);
+  }
+  process.stdout.write(
+    `wrote a new 256-bit cookie to ${path} (mode 0600); copy that file to every node\n`,
   );
   return Promise.resolve(0);
 }

@@ -6,7 +6,16 @@
  */
 import process from "node:process";
 import { Node, parseNodeName, SECRET_SERVICE, shortHostname } from "../mod.ts";
-import { int, makeLogger, NODE_FLAGS, NODE_FLAGS_HELP, openNodeContext, str, UsageError, type Values } from "./common.ts";
+import {
+  int,
+  makeLogger,
+  NODE_FLAGS,
+  NODE_FLAGS_HELP,
+  openNodeContext,
+  str,
+  UsageError,
+  type Values,
+} from "./common.ts";
 
 /** Flags of `call`. */
 export const CALL_FLAGS = {
@@ -19,12 +28,12 @@ export const CALL_FLAGS = {
 /** Help text of `call`. */
 export const CALL_HELP = [
   "  --to NODE            the node: NAME@HOST, NAME@HOST:PORT, or NAME (a node on this host)",
-  "  --json               print the result as JSON (bytes as {\"$bytes\": base64}, big integers",
-  "                       as {\"$bigint\": \"digits\"})",
+  '  --json               print the result as JSON (bytes as {"$bytes": base64}, big integers',
+  '                       as {"$bigint": "digits"})',
   "  --timeout MS         one deadline for name lookup, connect, handshake and call (5000)",
   "",
   "FUNCTION is SERVICE.FUNCTION, or FUNCTION alone for SecretService. Each ARG is JSON when it",
-  "parses as JSON (42, true, \"text\", [1,2], {\"k\":1}), else a string.",
+  'parses as JSON (42, true, "text", [1,2], {"k":1}), else a string.',
   NODE_FLAGS_HELP,
 ].join("\n");
 
@@ -54,13 +63,22 @@ function plain(value: unknown): string {
 /** Runs `nodectl call`; resolves to the exit code (errors propagate to cli.ts). */
 export async function call(values: Values, positionals: string[]): Promise<number> {
   const [target, ...rawArgs] = positionals;
-  if (target === undefined) throw new UsageError("missing FUNCTION, e.g. 'nodectl call get_data --to private@host'", "call");
+  if (target === undefined) {
+    throw new UsageError(
+      "missing FUNCTION, e.g. 'nodectl call get_data --to private@host'",
+      "call",
+    );
+  }
   const dot = target.lastIndexOf(".");
   const service = dot < 0 ? SECRET_SERVICE : target.slice(0, dot);
   const fn = dot < 0 ? target : target.slice(dot + 1);
-  if (service === "" || fn === "") throw new UsageError(`'${target}' is not [SERVICE.]FUNCTION`, "call");
+  if (service === "" || fn === "") {
+    throw new UsageError(`'${target}' is not [SERVICE.]FUNCTION`, "call");
+  }
   const toText = str(values, "to");
-  if (toText === undefined) throw new UsageError("--to NODE is required, e.g. --to private@host", "call");
+  if (toText === undefined) {
+    throw new UsageError("--to NODE is required, e.g. --to private@host", "call");
+  }
   const to = toText.includes("@") ? toText : `${toText}@${shortHostname()}`;
   parseNodeName(to); // a malformed name fails here with a ConfigError naming it
   const timeoutMs = int(values, "timeout", "call") ?? 5000;

@@ -45,11 +45,20 @@ export function str(values: Values, flag: string): string | undefined {
 }
 
 /** A positive integer flag (milliseconds, ports), with a usage error naming the flag. */
-export function int(values: Values, flag: string, command: string, min = 1, max = 2 ** 31): number | undefined {
+export function int(
+  values: Values,
+  flag: string,
+  command: string,
+  min = 1,
+  max = 2 ** 31,
+): number | undefined {
   const v = str(values, flag);
   if (v === undefined) return undefined;
   if (!/^[0-9]+$/.test(v) || Number(v) < min || Number(v) > max) {
-    throw new UsageError(`--${flag} must be a whole number from ${min} to ${max}, got '${v}'`, command);
+    throw new UsageError(
+      `--${flag} must be a whole number from ${min} to ${max}, got '${v}'`,
+      command,
+    );
   }
   return Number(v);
 }
@@ -73,7 +82,10 @@ export function hostPort(
 export function makeLogger(values: Values, command: string): Logger {
   const level = str(values, "log-level") ?? "info";
   if (!isLogLevel(level)) {
-    throw new UsageError(`--log-level must be debug, info, warn, error or silent, got '${level}'`, command);
+    throw new UsageError(
+      `--log-level must be debug, info, warn, error or silent, got '${level}'`,
+      command,
+    );
   }
   return createLogger({ level });
 }
@@ -113,10 +125,16 @@ export function nodeNameFrom(values: Values, command: string, defaultAlive: stri
   if (long !== undefined) {
     const n = parseNodeName(long);
     if (n.port !== undefined) {
-      throw new UsageError(`--name takes NAME@HOST without a port; use --listen for the port`, command);
+      throw new UsageError(
+        `--name takes NAME@HOST without a port; use --listen for the port`,
+        command,
+      );
     }
     if (!long.includes("@")) {
-      throw new UsageError(`--name needs NAME@HOST (for a short name use --sname ${long})`, command);
+      throw new UsageError(
+        `--name needs NAME@HOST (for a short name use --sname ${long})`,
+        command,
+      );
     }
     return n.name;
   }
@@ -157,7 +175,9 @@ export function openNodeContext(
   const identity = loadOrCreateIdentity(identityPath(configDir, opts.identityName ?? nodeName));
   if (identity.created) log.info(`created identity key for ${nodeName}: ${identity.fingerprint}`);
   const knownNodesPath = join(configDir, KNOWN_NODES_FILE_NAME);
-  const knownNodes = KnownNodes.load(knownNodesPath, { strict: values["strict-known-nodes"] === true });
+  const knownNodes = KnownNodes.load(knownNodesPath, {
+    strict: values["strict-known-nodes"] === true,
+  });
   const timeoutMs = int(values, "handshake-timeout", command);
   const network = secureNetwork(tcpDialer, {
     localName: nodeName,

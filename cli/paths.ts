@@ -13,6 +13,8 @@ export function defaultDataDir(env: Record<string, string | undefined>, alive: s
   const xdg = env.XDG_DATA_HOME;
   if (xdg !== undefined && isAbsolute(xdg)) return join(xdg, "nodectl", alive);
   const home = env.HOME || homedir();
-  if (!home) throw new ConfigError("cannot find the data directory: set HOME, XDG_DATA_HOME or --data-dir");
+  if (!home) {
+    throw new ConfigError("cannot find the data directory: set HOME, XDG_DATA_HOME or --data-dir");
+  }
   return join(home, ".local", "share", "nodectl", alive);
 }

@@ -16,8 +16,8 @@ import {
   parseNodeName,
   PrivateAPI,
   SECRET_SERVICE,
-  SecretStore,
   secretService,
+  SecretStore,
   type ServiceDefinition,
   startPublicService,
 } from "../mod.ts";
@@ -187,7 +187,6 @@ function waitForSignal(log: ReturnType<typeof makeLogger>): Promise<void> {
     process.on("SIGTERM", onTerm);
   });
 }
-
 
 /**
  * A read-only introspection service every served node has, like calling `Node.list` in a remote

@@ -4,12 +4,7 @@
  *
  * @module
  */
-import {
-  BadArgError,
-  NodeDownError,
-  PayloadTooLargeError,
-  ProtocolError,
-} from "../errors.ts";
+import { BadArgError, NodeDownError, PayloadTooLargeError, ProtocolError } from "../errors.ts";
 import type { CloseReason, PeerInfo, Session } from "../transport/types.ts";
 import {
   decodeMessage,
@@ -23,8 +18,11 @@ import {
 
 /** What a connection needs from its node. */
 export interface ConnectionHost {
+  /** The node's name. */
   readonly name: string;
+  /** The node's incarnation, sent in the hello. */
   readonly creation: string;
+  /** Whether the node is hidden, sent in the hello. */
   readonly hidden: boolean;
   /** The peer's hello arrived. */
   onHello(conn: Connection): void;
@@ -36,6 +34,7 @@ export interface ConnectionHost {
   onClosed(conn: Connection, reason: CloseReason): void;
   /** Runs a call from the peer. */
   serve(conn: Connection, service: string, fn: string, args: unknown[]): Promise<unknown>;
+  /** Writes a log line. */
   log(level: "debug" | "info" | "warn" | "error", message: string): void;
 }
 
@@ -102,6 +101,7 @@ export class Connection {
   #helloReject!: (err: Error) => void;
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
 
+  /** Takes over `session`: sends the hello and starts reading. */
   constructor(session: Session, outbound: boolean, host: ConnectionHost) {
     this.session = session;
     this.peer = session.peer;
@@ -130,8 +130,8 @@ export class Connection {
 
   /** Usable for new calls: open, hello done, not being retired or closed. */
   get usable(): boolean {
-    return !this.closed && !this.closing && this.helloOrder > 0 && !this.sentRetire &&
-      !this.gotRetire;
+    return !this.closed && !this.closing && this.helloOrder > 0 && !this.sentRetire
+      && !this.gotRetire;
   }
 
   #send(message: Message): Promise<void> {
@@ -235,8 +235,8 @@ export class Connection {
 
   #maybeFinish(): void {
     if (
-      this.sentRetire && this.gotRetire && this.#pending.size === 0 && this.#serving === 0 &&
-      !this.closing
+      this.sentRetire && this.gotRetire && this.#pending.size === 0 && this.#serving === 0
+      && !this.closing
     ) {
       void this.close("duplicate session retired");
     }
@@ -334,7 +334,10 @@ export class Connection {
     this.#serving++;
     let reply: Message | undefined;
     try {
-      const args = decodeValue(argBytes, `arguments of ${service}.${fn} sent to ${this.#host.name}`);
+      const args = decodeValue(
+        argBytes,
+        `arguments of ${service}.${fn} sent to ${this.#host.name}`,
+      );
       if (!Array.isArray(args)) {
         throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
       }

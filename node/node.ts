@@ -8,24 +8,12 @@
  */
 import { randomBytes } from "node:crypto";
 import { isIP } from "node:net";
-import {
-  BadArgError,
-  ConfigError,
-  NodectlError,
-  NodeDownError,
-  TimeoutError,
-} from "../errors.ts";
+import { BadArgError, ConfigError, NodectlError, NodeDownError, TimeoutError } from "../errors.ts";
 import type { CloseReason, Listener, Network, Session } from "../transport/types.ts";
-import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF } from "./backoff.ts";
+import { backoffDelay, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
 import { Connection, type ConnectionHost, raceSignal } from "./connection.ts";
 import { EventHub, type MonitorOptions, type NodeEvent } from "./monitor.ts";
-import {
-  DEFAULT_PORT,
-  formatAddress,
-  isLocalHost,
-  type NodeName,
-  parseNodeName,
-} from "./names.ts";
+import { DEFAULT_PORT, formatAddress, isLocalHost, type NodeName, parseNodeName } from "./names.ts";
 import { encodeValue } from "./protocol.ts";
 import { RunDir, type RunDirClaim } from "./run_dir.ts";
 import { type ServiceDefinition, ServiceRegistry } from "./services.ts";
@@ -113,7 +101,8 @@ class Deadline {
 
   constructor(ms: number, what: string) {
     this.#timer = setTimeout(
-      () => this.controller.abort(new TimeoutError(`${what} timed out after ${ms} ms${this.phase}`)),
+      () =>
+        this.controller.abort(new TimeoutError(`${what} timed out after ${ms} ms${this.phase}`)),
       ms,
     );
   }
@@ -240,8 +229,8 @@ export class Node {
       await node.#listener?.close().catch(() => {});
       if (err instanceof NodectlError) throw err;
       throw new ConfigError(
-        `${node.name} cannot listen on ${formatAddress(address)}: ${message(err)}; ` +
-          "pick another port",
+        `${node.name} cannot listen on ${formatAddress(address)}: ${message(err)}; `
+          + "pick another port",
       );
     }
     node.#log("info", `${node.name} listening on ${formatAddress(node.#listener)}`);
@@ -296,7 +285,9 @@ export class Node {
     args: unknown[] = [],
     options: CallOptions = {},
   ): Promise<unknown> {
-    if (!Array.isArray(args)) throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
+    if (!Array.isArray(args)) {
+      throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
+    }
     const timeoutMs = checkTimeout(options.timeoutMs ?? this.callTimeoutMs, "timeoutMs");
     this.#checkRunning();
     const target = options.node === undefined ? undefined : parseNodeName(options.node);
@@ -330,7 +321,9 @@ export class Node {
     args: unknown[] = [],
     options: CallOptions = {},
   ): Promise<void> {
-    if (!Array.isArray(args)) throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
+    if (!Array.isArray(args)) {
+      throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
+    }
     const timeoutMs = checkTimeout(options.timeoutMs ?? this.callTimeoutMs, "timeoutMs");
     this.#checkRunning();
     const target = options.node === undefined ? undefined : parseNodeName(options.node);
@@ -382,6 +375,9 @@ export class Node {
     if (!peer) return false;
     peer.wanted = false;
     this.#clearTimer(peer);
+    peer.attempt?.controller.abort(
+      new NodeDownError(`${this.name} disconnected from ${name} while connecting`, name),
+    );
     const conns = [...peer.conns];
     for (const c of conns) c.closing = true;
     await Promise.all(conns.map((c) => c.bye(false, `disconnected by ${this.name}`)));
@@ -463,8 +459,8 @@ export class Node {
 
   #forget(peer: Peer): void {
     if (
-      peer.conns.size === 0 && !peer.attempt && !peer.wanted && peer.timer === undefined &&
-      this.#peers.get(peer.name) === peer
+      peer.conns.size === 0 && !peer.attempt && !peer.wanted && peer.timer === undefined
+      && this.#peers.get(peer.name) === peer
     ) {
       this.#peers.delete(peer.name);
     }
@@ -479,8 +475,8 @@ export class Node {
       if (entry && entry.host !== null && entry.port !== null) {
         if (entry.name !== target.name) {
           throw new NodeDownError(
-            `no node ${target.name} on this host: its '${target.alive}' node is ${entry.name}; ` +
-              "call it by that name",
+            `no node ${target.name} on this host: its '${target.alive}' node is ${entry.name}; `
+              + "call it by that name",
             target.name,
           );
         }
@@ -660,12 +656,14 @@ export class Node {
       this.#activate(peer, conn);
       return;
     }
-    if (cur.peerCreation !== conn.peerCreation || cur.outbound === conn.outbound) {
+    const restarted = cur.peerCreation !== conn.peerCreation;
+    if (restarted || cur.outbound === conn.outbound) {
       // The peer restarted, or re-opened a session it had given up on: the old ones are stale.
-      const why = cur.peerCreation !== conn.peerCreation
-        ? `${peer.name} restarted`
-        : `${peer.name} replaced its session`;
-      const stale = [...peer.conns].filter((c) => c !== conn);
+      const why = restarted ? `${peer.name} restarted` : `${peer.name} replaced its session`;
+      const stale = [...peer.conns].filter((c) =>
+        c !== conn && c.helloOrder > 0
+        && (restarted ? c.peerCreation !== conn.peerCreation : c.outbound === conn.outbound)
+      );
       peer.active = undefined;
       for (const c of stale) {
         c.closing = true;

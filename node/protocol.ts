@@ -125,8 +125,8 @@ function toTokens(value: unknown, stack: Set<object>): unknown {
     const proto = Object.getPrototypeOf(value);
     if (proto !== Object.prototype && proto !== null) {
       throw new TypeError(
-        `a ${describe(value)} cannot be sent; use plain objects, arrays, Maps, strings, ` +
-          "numbers, bigints, booleans, null and Uint8Array",
+        `a ${describe(value)} cannot be sent; use plain objects, arrays, Maps, strings, `
+          + "numbers, bigints, booleans, null and Uint8Array",
       );
     }
     const keys = Object.keys(value);
@@ -231,8 +231,8 @@ export function encodeMessage(message: Message): Uint8Array {
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Map) &&
-    !(v instanceof Uint8Array);
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Map)
+    && !(v instanceof Uint8Array);
 }
 
 const isId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
@@ -271,8 +271,8 @@ export function decodeMessage(bytes: Uint8Array): Message {
       return { type: "reply", id: m.id, value: m.value };
     case "error": {
       if (
-        !isId(m.id) || typeof m.code !== "string" || typeof m.message !== "string" ||
-        !(m.stack === undefined || typeof m.stack === "string") || !isObject(m.extra)
+        !isId(m.id) || typeof m.code !== "string" || typeof m.message !== "string"
+        || !(m.stack === undefined || typeof m.stack === "string") || !isObject(m.extra)
       ) throw bad("error");
       const e: Message = {
         type: "error",
@@ -310,8 +310,11 @@ export function errorToWire(
       extra.reason = err.reason;
       extra.refusedBy = err.refusedBy;
     }
-    const out: { code: string; message: string; stack?: string; extra: Record<string, unknown> } =
-      { code: err.code, message: err.message, extra };
+    const out: { code: string; message: string; stack?: string; extra: Record<string, unknown> } = {
+      code: err.code,
+      message: err.message,
+      extra,
+    };
     if (err instanceof RemoteError && err.remoteStack !== undefined) out.stack = err.remoteStack;
     return out;
   }

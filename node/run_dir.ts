@@ -77,9 +77,9 @@ function readEntry(file: string): StoredEntry | undefined {
   if (typeof raw !== "object" || raw === null) return undefined;
   const e = raw as Record<string, unknown>;
   if (
-    typeof e.name !== "string" || typeof e.pid !== "number" || typeof e.token !== "string" ||
-    !(e.host === null || typeof e.host === "string") ||
-    !(e.port === null || typeof e.port === "number")
+    typeof e.name !== "string" || typeof e.pid !== "number" || typeof e.token !== "string"
+    || !(e.host === null || typeof e.host === "string")
+    || !(e.port === null || typeof e.port === "number")
   ) {
     return undefined;
   }
@@ -111,6 +111,7 @@ export class RunDir {
   /** The directory's path. */
   readonly path: string;
 
+  /** Opens (creating if needed) the run directory at `path`. */
   constructor(path: string = defaultRunDir()) {
     this.path = path;
     try {
@@ -133,6 +134,7 @@ export class RunDir {
     if ((st.mode & 0o077) !== 0) chmodSync(path, 0o700);
   }
 
+  /** The entry file for `alive`. */
   private file(alive: string): string {
     return join(this.path, `${alive}.json`);
   }
@@ -151,8 +153,8 @@ export class RunDir {
     const tmp = scratchPath(this.path, node.alive, "tmp");
     const inUse = (pid: number, holder: string) =>
       new ConfigError(
-        `node name ${node.name} is already in use by pid ${pid}` +
-          (holder === node.name ? "" : ` (as ${holder})`) + "; stop it or pick another name",
+        `node name ${node.name} is already in use by pid ${pid}`
+          + (holder === node.name ? "" : ` (as ${holder})`) + "; stop it or pick another name",
       );
     writeFileSync(tmp, JSON.stringify(entry), { mode: 0o600, flag: "wx" });
     try {

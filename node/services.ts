@@ -45,6 +45,7 @@ function callerName(caller: PeerInfo | "local"): string {
 export class ServiceRegistry {
   #services = new Map<string, ServiceDefinition>();
 
+  /** An empty registry for the node named `nodeName` (used in messages). */
   constructor(private readonly nodeName: string) {}
 
   /**
@@ -93,8 +94,8 @@ export class ServiceRegistry {
     const allow = service.allow?.[fn];
     if (allow === undefined) return true;
     if (caller === "local") return allow.includes("local");
-    return allow.includes(caller.name) || (caller.fingerprint !== "" &&
-      allow.includes(caller.fingerprint));
+    return allow.includes(caller.name) || (caller.fingerprint !== ""
+      && allow.includes(caller.fingerprint));
   }
 
   #callable(service: ServiceDefinition, caller: PeerInfo | "local"): string[] {
@@ -123,8 +124,8 @@ export class ServiceRegistry {
     if (!service) {
       const available = this.visibleTo(caller);
       throw new NoProcError(
-        `no service ${serviceName} on ${this.nodeName} (it has: ${list(available)})` +
-          (caller === "local" ? "; to call another node's service, pass { node }" : ""),
+        `no service ${serviceName} on ${this.nodeName} (it has: ${list(available)})`
+          + (caller === "local" ? "; to call another node's service, pass { node }" : ""),
         this.nodeName,
         serviceName,
         available,
@@ -133,14 +134,14 @@ export class ServiceRegistry {
     const f = Object.hasOwn(service.functions, fn) ? service.functions[fn] : undefined;
     if (typeof f !== "function") {
       throw new UndefError(
-        `${serviceName} on ${this.nodeName} has no function '${fn}' ` +
-          `(it has: ${list(this.#callable(service, caller))})`,
+        `${serviceName} on ${this.nodeName} has no function '${fn}' `
+          + `(it has: ${list(this.#callable(service, caller))})`,
       );
     }
     if (!this.#allowed(service, fn, caller)) {
       throw new UndefError(
-        `${serviceName}.${fn} on ${this.nodeName} refuses ${callerName(caller)}: ` +
-          "not in its allowlist",
+        `${serviceName}.${fn} on ${this.nodeName} refuses ${callerName(caller)}: `
+          + "not in its allowlist",
       );
     }
     try {

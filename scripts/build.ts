@@ -11,6 +11,7 @@ import {
   copyFileSync,
   mkdirSync,
   realpathSync,
+  renameSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -36,59 +37,63 @@ function run(cmd: string, args: string[]): void {
 }
 
 mkdirSync(out, { recursive: true });
+// Per-build scratch names, so two builds at once never write the same file; the binary itself is
+// replaced by an atomic rename.
+const tag = `${process.pid}`;
 const bundle = join(out, "nodectl.cjs");
-const blob = join(out, "nodectl.blob");
+const scratchBundle = join(out, `nodectl.${tag}.cjs`);
+const blob = join(out, `nodectl.${tag}.blob`);
 const target = join(out, "nodectl");
-const tmpTarget = target + ".tmp";
+const tmpTarget = join(out, `nodectl.${tag}.tmp`);
 
-// Deno.Command, not node:child_process: Deno rewrites child_process calls of its own binary into
-// `deno run`.
-const bundled = new Deno.Command(Deno.execPath(), {
-  args: [
-    "bundle",
-    "--quiet",
-    "--platform",
-    "node",
-    "--format",
-    "cjs",
-    "--output",
-    bundle,
-    join(root, "scripts", "sea_entry.ts"),
-  ],
-  stdout: "null",
-  stderr: "inherit",
-}).outputSync();
-if (!bundled.success) throw new Error("deno bundle failed");
-const seaConfig = join(out, "sea-config.json");
-writeFileSync(
-  seaConfig,
-  JSON.stringify({
-    main: bundle,
-    output: blob,
-    disableExperimentalSEAWarning: true,
-    useSnapshot: false,
-    useCodeCache: true,
-  }),
-);
-const node = realpathSync(bin("node"));
-run(node, ["--experimental-sea-config", seaConfig]);
-rmSync(tmpTarget, { force: true });
-copyFileSync(node, tmpTarget);
-chmodSync(tmpTarget, 0o755);
-run(bin("postject"), [
-  tmpTarget,
-  "NODE_SEA_BLOB",
-  blob,
-  "--sentinel-fuse",
-  "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
-]);
-// Rename last so a reader never sees a half-written binary.
-rmSync(target, { force: true });
-copyFileSync(tmpTarget, target);
-chmodSync(target, 0o755);
-rmSync(tmpTarget, { force: true });
-rmSync(blob, { force: true });
-rmSync(seaConfig, { force: true });
+const seaConfig = join(out, `sea-config.${tag}.json`);
+try {
+  // Deno.Command, not node:child_process: Deno rewrites child_process calls of its own binary into
+  // `deno run`.
+  const bundled = new Deno.Command(Deno.execPath(), {
+    args: [
+      "bundle",
+      "--quiet",
+      "--platform",
+      "node",
+      "--format",
+      "cjs",
+      "--output",
+      scratchBundle,
+      join(root, "scripts", "sea_entry.ts"),
+    ],
+    stdout: "null",
+    stderr: "inherit",
+  }).outputSync();
+  if (!bundled.success) throw new Error("deno bundle failed");
+  writeFileSync(
+    seaConfig,
+    JSON.stringify({
+      main: scratchBundle,
+      output: blob,
+      disableExperimentalSEAWarning: true,
+      useSnapshot: false,
+      useCodeCache: true,
+    }),
+  );
+  const node = realpathSync(bin("node"));
+  run(node, ["--experimental-sea-config", seaConfig]);
+  rmSync(tmpTarget, { force: true });
+  copyFileSync(node, tmpTarget);
+  chmodSync(tmpTarget, 0o755);
+  run(bin("postject"), [
+    tmpTarget,
+    "NODE_SEA_BLOB",
+    blob,
+    "--sentinel-fuse",
+    "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
+  ]);
+  // Rename last so a reader never sees a half-written binary.
+  renameSync(tmpTarget, target);
+  renameSync(scratchBundle, bundle);
+} finally {
+  for (const f of [scratchBundle, blob, seaConfig, tmpTarget]) rmSync(f, { force: true });
+}
 
 const seconds = ((performance.now() - started) / 1000).toFixed(1);
 const mib = (statSync(target).size / 2 ** 20).toFixed(1);

@@ -1,16 +1,21 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { assert, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
 import { AuthFailedError, ProtocolError, TimeoutError } from "../errors.ts";
-import { dhOperations, generateKeyPair, type KeyPair, publicKeyFingerprint } from "../transport/crypto.ts";
 import { derivePsk } from "../transport/cookie.ts";
+import {
+  dhOperations,
+  generateKeyPair,
+  type KeyPair,
+  publicKeyFingerprint,
+} from "../transport/crypto.ts";
 import { type HandshakeConfig, initiate, respond } from "../transport/handshake.ts";
 import { KnownNodes } from "../transport/known_nodes.ts";
 import { memoryTransportPair } from "../transport/memory.ts";
 import { memoryDialer } from "../transport/memory_dialer.ts";
 import { secureNetwork } from "../transport/network.ts";
 import type { Session, Transport } from "../transport/types.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
 
 const PSK = derivePsk("correct horse battery staple, cookie of the test suite");
 const OTHER_PSK = derivePsk("a completely different cookie for the other cluster");
@@ -24,7 +29,11 @@ interface Side {
   logs: string[];
 }
 
-function side(name: string, opts: Partial<HandshakeConfig> = {}, identity: KeyPair = generateKeyPair()): Side {
+function side(
+  name: string,
+  opts: Partial<HandshakeConfig> = {},
+  identity: KeyPair = generateKeyPair(),
+): Side {
   const logs: string[] = [];
   return {
     logs,
@@ -200,12 +209,19 @@ Deno.test("strict known_nodes accepts only listed keys", async () => {
     const b = side("private@host");
     const listed = KnownNodes.load(path, { strict: false });
     listed.pin("private@host", b.cfg.identity.publicKey);
-    const ok = await handshake(side("public@host", { knownNodes: KnownNodes.load(path, { strict: true }) }), b);
+    const ok = await handshake(
+      side("public@host", { knownNodes: KnownNodes.load(path, { strict: true }) }),
+      b,
+    );
     await ok.client.close();
     const stranger = side("other@host");
     const err = await assertRejects(
       () =>
-        handshake(side("public@host", { knownNodes: KnownNodes.load(path, { strict: true }) }), stranger, "other@host"),
+        handshake(
+          side("public@host", { knownNodes: KnownNodes.load(path, { strict: true }) }),
+          stranger,
+          "other@host",
+        ),
       AuthFailedError,
     );
     assertEquals(err.reason, "key_not_listed");
@@ -260,7 +276,11 @@ Deno.test("a tampered byte at any offset of any handshake message fails the hand
         const [cr, sr] = await Promise.allSettled([clientP, serverP]);
         if (offset >= length) break;
         offsets++;
-        assertEquals(cr.status, "rejected", `${direction} message ${msgIndex} offset ${offset}: client got a session`);
+        assertEquals(
+          cr.status,
+          "rejected",
+          `${direction} message ${msgIndex} offset ${offset}: client got a session`,
+        );
         assert(sr.status === "fulfilled", "respond() never rejects");
         if (direction === "toClient" && msgIndex === 1) {
           // ACCEPT: the responder had accepted; its session ends as the initiator hangs up.
@@ -309,7 +329,9 @@ Deno.test("a stalled peer is dropped at the handshake deadline without delaying 
   const stalled: Transport = await dialer.connect({ host: "private", port: 4370 });
   // Meanwhile a real peer connects at once.
   const client = secureNetwork(dialer, side("public@host").cfg);
-  const session = await client.connect({ host: "private", port: 4370 }, { expectedName: "private@host" });
+  const session = await client.connect({ host: "private", port: 4370 }, {
+    expectedName: "private@host",
+  });
   assertEquals(session.peer.name, "private@host");
   assertEquals(b.logs.filter((l) => l.includes("no complete handshake")).length, 0);
   await stalled.closed;

@@ -35,12 +35,14 @@ import { randomBytes } from "./crypto.ts";
 export const COOKIE_PSK_LABEL = "nodectl/1 cookie psk";
 
 /**
- * scrypt cost parameters for `derivePsk`. N = 2^15, r = 8, p = 1 uses 128·N·r = 32 MiB and, on
- * the 2-core development machine, took (median of 5, after a warm-up):
- *   - Deno 2.9.6:      ~93 ms
- *   - Node 24.22.3:    ~75 ms (the single executable)
- * For comparison N = 2^14 took ~40/31 ms and N = 2^16 (64 MiB) ~189/154 ms. Changing any of these
- * changes the PSK, so it is a protocol change (bump the label with it).
+ * scrypt cost parameters for `derivePsk`. N = 2^15, r = 8, p = 1 uses 128·N·r = 32 MiB. On the
+ * 2-core development machine, idle, one derivation took (first call in a fresh process and
+ * later calls alike):
+ *   - Deno 2.9.6:      ~93–105 ms
+ *   - Node 24.22.3:    ~75–88 ms (the single executable)
+ * and up to ~2× that while the machine was busy. For comparison, N = 2^14 took ~31–40 ms and
+ * N = 2^16 (64 MiB) ~154–189 ms. Changing any of these changes every PSK, so it is a protocol
+ * change (change the label with it).
  */
 const SCRYPT_N = 1 << 15;
 const SCRYPT_R = 8;
@@ -53,7 +55,7 @@ export const PSK_LENGTH = 32;
 
 /**
  * The 32-byte Noise pre-shared key for `cookie` (any length, UTF-8), via scrypt under the fixed
- * label `COOKIE_PSK_LABEL`. Deliberately slow (~50–100 ms) and memory-hard (32 MiB), so every
+ * label `COOKIE_PSK_LABEL`. Deliberately slow (~75–105 ms) and memory-hard (32 MiB), so every
  * guess in an offline attack on a captured handshake costs as much; derive it once per process,
  * not per connection. Throws ConfigError for an empty cookie.
  */

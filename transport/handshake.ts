@@ -176,9 +176,22 @@ function checkPeerKey(
     );
   }
   if (known.strict) {
-    return new AuthFailedError(notListedMessage(peer.name, fp, known.path), "key_not_listed", refusedBy);
+    return new AuthFailedError(
+      notListedMessage(peer.name, fp, known.path),
+      "key_not_listed",
+      refusedBy,
+    );
   }
-  if (!peer.hidden) known.pin(peer.name, key);
+  if (peer.hidden) return undefined;
+  // Another process may have pinned a different key for this name a moment ago.
+  const pinned = known.pin(peer.name, key);
+  if (pinned.status === "changed") {
+    return new AuthFailedError(
+      keyChangedMessage(peer.name, publicKeyFingerprint(pinned.pinned), fp, known.path),
+      "key_changed",
+      refusedBy,
+    );
+  }
   return undefined;
 }
 
@@ -223,10 +236,14 @@ export async function initiate(
     }
     if (m2[0] === MSG_VERSION && m2.length === 2) {
       throw new ProtocolError(
-        `${where} speaks nodectl protocol ${m2[1]}, this node speaks ${version}: run the same nodectl release on both`,
+        `${where} speaks nodectl protocol ${
+          m2[1]
+        }, this node speaks ${version}: run the same nodectl release on both`,
       );
     }
-    if (m2[0] !== MSG_RESPONSE) throw new ProtocolError(`${where} sent an unexpected handshake message`);
+    if (m2[0] !== MSG_RESPONSE) {
+      throw new ProtocolError(`${where} sent an unexpected handshake message`);
+    }
     let hello: Hello;
     try {
       hello = decodeHello(hs.readMessage(m2.subarray(1)));
@@ -249,18 +266,25 @@ export async function initiate(
     const refusal = checkPeerKey(cfg, hello, remoteKey, "local");
     if (refusal) throw refusal;
     await transport.send(
-      withType(MSG_FINISH, hs.writeMessage(encodeHello({ name: cfg.localName, hidden: cfg.hidden ?? false }))),
+      withType(
+        MSG_FINISH,
+        hs.writeMessage(encodeHello({ name: cfg.localName, hidden: cfg.hidden ?? false })),
+      ),
     );
     const [send, recv] = hs.split();
     const m4 = await reader.next();
     if (m4 === undefined) {
       throw new AuthFailedError(
-        `${hello.name} (${transport.remoteAddress}) accepted our cookie but refused this node's key (${publicKeyFingerprint(cfg.identity.publicKey)}): it has another key pinned for ${cfg.localName}, or lists only known keys; see its log`,
+        `${hello.name} (${transport.remoteAddress}) accepted our cookie but refused this node's key (${
+          publicKeyFingerprint(cfg.identity.publicKey)
+        }): it has another key pinned for ${cfg.localName}, or lists only known keys; see its log`,
         "refused_by_peer",
         "remote",
       );
     }
-    if (m4[0] !== MSG_ACCEPT) throw new ProtocolError(`${where} sent an unexpected handshake message`);
+    if (m4[0] !== MSG_ACCEPT) {
+      throw new ProtocolError(`${where} sent an unexpected handshake message`);
+    }
     try {
       recv.decryptWithAd(new Uint8Array(0), m4.subarray(1));
     } catch {
@@ -283,7 +307,10 @@ export async function initiate(
       throw reason instanceof Error ? reason : new TimeoutError(`handshake with ${where} aborted`);
     }
     if (err instanceof AuthFailedError || err instanceof ProtocolError) throw err;
-    throw new NodeDownError(`connection to ${where} failed during the handshake: ${(err as Error).message}`, expectedName);
+    throw new NodeDownError(
+      `connection to ${where} failed during the handshake: ${(err as Error).message}`,
+      expectedName,
+    );
   } finally {
     dl.done();
   }
@@ -321,7 +348,11 @@ export async function respond(
       return undefined;
     }
     if (m1[1] !== version) {
-      log(`handshake from ${from} failed: it speaks nodectl protocol ${m1[1]}, this node speaks ${version}`);
+      log(
+        `handshake from ${from} failed: it speaks nodectl protocol ${
+          m1[1]
+        }, this node speaks ${version}`,
+      );
       await transport.send(withType(MSG_VERSION, new Uint8Array(0), version)).catch(() => {});
       transport.close();
       return undefined;
@@ -336,16 +367,23 @@ export async function respond(
     try {
       hs.readMessage(m1.subarray(2));
     } catch {
-      log(`handshake from ${from} failed: cookie mismatch (the first message does not authenticate under our cookie)`);
+      log(
+        `handshake from ${from} failed: cookie mismatch (the first message does not authenticate under our cookie)`,
+      );
       transport.close();
       return undefined;
     }
     await transport.send(
-      withType(MSG_RESPONSE, hs.writeMessage(encodeHello({ name: cfg.localName, hidden: cfg.hidden ?? false }))),
+      withType(
+        MSG_RESPONSE,
+        hs.writeMessage(encodeHello({ name: cfg.localName, hidden: cfg.hidden ?? false })),
+      ),
     );
     const m3 = await reader.next();
     if (m3 === undefined) {
-      log(`handshake from ${from} failed: the peer hung up after our response (it refused our key or name; see its log)`);
+      log(
+        `handshake from ${from} failed: the peer hung up after our response (it refused our key or name; see its log)`,
+      );
       return undefined;
     }
     let hello: Hello;
@@ -365,7 +403,9 @@ export async function respond(
       return undefined;
     }
     const [recv, send] = hs.split();
-    await transport.send(withType(MSG_ACCEPT, send.encryptWithAd(new Uint8Array(0), new Uint8Array(0))));
+    await transport.send(
+      withType(MSG_ACCEPT, send.encryptWithAd(new Uint8Array(0), new Uint8Array(0))),
+    );
     const peer: PeerInfo = {
       name: hello.name,
       publicKey: remoteKey,
@@ -374,7 +414,9 @@ export async function respond(
     };
     return new NoiseSession(transport, { send, recv }, peer, sessionOptions(cfg, reader));
   } catch (err) {
-    const why = dl.signal.aborted ? `no complete handshake within ${timeoutMs} ms` : (err as Error).message;
+    const why = dl.signal.aborted
+      ? `no complete handshake within ${timeoutMs} ms`
+      : (err as Error).message;
     log(`handshake from ${from} failed: ${why}`);
     transport.close();
     return undefined;

@@ -23,8 +23,7 @@ export interface TransportDialer {
 /** TCP transports (2-byte length framing, TCP_NODELAY). */
 export const tcpDialer: TransportDialer = {
   listen: (address, onTransport) => listenTcp(address.host, address.port, onTransport),
-  connect: (address, signal) =>
-    connectTcp(address.host, address.port, signal ? { signal } : {}),
+  connect: (address, signal) => connectTcp(address.host, address.port, signal ? { signal } : {}),
 };
 
 /** Handshakes allowed in flight on one listener; more are dropped (flood protection). */
@@ -46,7 +45,9 @@ export function secureNetwork(dialer: TransportDialer, cfg: HandshakeConfig): Ne
       let pending = 0;
       return await dialer.listen(address, (transport) => {
         if (pending >= MAX_PENDING_HANDSHAKES) {
-          cfg.log?.(`handshake from ${transport.remoteAddress} dropped: ${pending} handshakes already in progress`);
+          cfg.log?.(
+            `handshake from ${transport.remoteAddress} dropped: ${pending} handshakes already in progress`,
+          );
           transport.close();
           return;
         }

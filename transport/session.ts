@@ -129,9 +129,9 @@ function checkPositive(name: string, value: number): number {
  * the frames travel UNENCRYPTED and UNAUTHENTICATED — that mode exists only as the benchmark's
  * in-run baseline (the cost of Noise is the difference) and must never carry real traffic.
  *
- * Iterating yields whole messages in the order the peer sent them; iteration ends normally
- * however the session ended (read `closed` for why). Received messages not yet consumed are
- * still yielded after the end.
+ * Iterating yields whole messages as their last frame arrives (messages the peer sent one after
+ * the other arrive in that order); iteration ends normally however the session ended (read
+ * `closed` for why). Messages received but not yet consumed are still yielded after the end.
  */
 export class NoiseSession implements Session {
   /** Who is on the other end. */
@@ -254,7 +254,7 @@ export class NoiseSession implements Session {
     await this.closed;
   }
 
-  /** Yields received messages, whole and in order. */
+  /** Yields received messages, whole; one consumer at a time. Breaking out does not close. */
   [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
     return { next: () => this.#next() };
   }
