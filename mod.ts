@@ -45,6 +45,7 @@ export {
   type TransportDialer,
 } from "./transport/network.ts";
 export type { SessionOptions } from "./transport/session.ts";
+export { DEAD_PEER_TIMEOUT_MS, KEEPALIVE_INTERVAL_MS } from "./transport/constants.ts";
 export type {
   CloseReason,
   Listener,

@@ -10,11 +10,13 @@ import {
   checkCookieStrength,
   ConfigError,
   createLogger,
+  DEAD_PEER_TIMEOUT_MS,
   defaultConfigDir,
   defaultRunDir,
   derivePsk,
   identityPath,
   isLogLevel,
+  KEEPALIVE_INTERVAL_MS,
   KNOWN_NODES_FILE_NAME,
   KnownNodes,
   loadCookie,
@@ -98,6 +100,7 @@ export const NODE_FLAGS = {
   "allow-weak-cookie": { type: "boolean" },
   "strict-known-nodes": { type: "boolean" },
   "handshake-timeout": { type: "string" },
+  "dead-peer-timeout": { type: "string" },
   "log-level": { type: "string" },
 } as const;
 
@@ -112,6 +115,8 @@ export const NODE_FLAGS_HELP = [
   "  --run-dir DIR        where local nodes register name → port (default $XDG_RUNTIME_DIR/nodectl",
   "                       or /tmp/nodectl-<uid>)",
   "  --handshake-timeout MS  drop a peer that has not finished its handshake (5000)",
+  "  --dead-peer-timeout MS  declare a silent peer down after MS (10000; keepalives every",
+  "                       quarter of it, at most 2500)",
   "  --log-level LEVEL    debug, info, warn, error or silent (info)",
 ].join("\n");
 
@@ -179,6 +184,12 @@ export function openNodeContext(
     strict: values["strict-known-nodes"] === true,
   });
   const timeoutMs = int(values, "handshake-timeout", command);
+  const deadPeerTimeoutMs = int(values, "dead-peer-timeout", command, 100) ?? DEAD_PEER_TIMEOUT_MS;
+  const session = {
+    deadPeerTimeoutMs,
+    keepaliveIntervalMs: Math.min(KEEPALIVE_INTERVAL_MS, deadPeerTimeoutMs / 4),
+    log: (line: string) => log.warn(line),
+  };
   const network = secureNetwork(tcpDialer, {
     localName: nodeName,
     hidden: opts.hidden,
@@ -186,6 +197,7 @@ export function openNodeContext(
     psk,
     knownNodes,
     log: (line) => log.warn(line),
+    session,
     ...(timeoutMs !== undefined ? { timeoutMs } : {}),
   });
   return {
