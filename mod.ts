@@ -16,13 +16,14 @@ export * from "./errors.ts";
 export { PROTOCOL_VERSION, VERSION } from "./version.ts";
 
 // transport/: keys, cookie, pinning, the Noise handshake and networks
+export { DEAD_PEER_TIMEOUT_MS, KEEPALIVE_INTERVAL_MS } from "./transport/constants.ts";
 export {
   checkCookieStrength,
   COOKIE_ENV,
   COOKIE_FILE_NAME,
   defaultConfigDir,
-  ensurePrivateDir,
   derivePsk,
+  ensurePrivateDir,
   estimateCookieBits,
   generateCookie,
   loadCookie,
@@ -45,7 +46,6 @@ export {
   type TransportDialer,
 } from "./transport/network.ts";
 export type { SessionOptions } from "./transport/session.ts";
-export { DEAD_PEER_TIMEOUT_MS, KEEPALIVE_INTERVAL_MS } from "./transport/constants.ts";
 export type {
   CloseReason,
   Listener,
