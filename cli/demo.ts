@@ -226,7 +226,18 @@ export async function demo(values: Values): Promise<number> {
 
     d.step("Step 3 — long names and the cookie (encrypted, mutually authenticated)");
     const longPriv = await d.start(
-      ["serve", "--role", "private", "--name", "private@127.0.0.1", "--listen", "127.0.0.1:0"],
+      // Its own run directory: as far as names go, this node is on a second server.
+      [
+        "serve",
+        "--role",
+        "private",
+        "--name",
+        "private@127.0.0.1",
+        "--listen",
+        "127.0.0.1:0",
+        "--run-dir",
+        join(d.dir, "server2-run"),
+      ],
       READY,
     );
     const port = longPriv.match[3];
@@ -269,6 +280,11 @@ export async function demo(values: Values): Promise<number> {
       "\ndemo finished: every step behaved as the seed describes, over Noise instead of cleartext.",
     );
     return 0;
+  } catch (err) {
+    process.stderr.write(
+      `nodectl: demo failed: ${(err as Error).message.replace(/\s*\n\s*/g, " | ")}\n`,
+    );
+    return 1;
   } finally {
     await d.cleanup(values.keep === true);
   }
