@@ -59,9 +59,14 @@ const COMMANDS: Record<string, Command> = {
   },
   id: {
     summary: "print a node's public key fingerprint (created on first use)",
-    usage: "nodectl id [--sname N | --name N@HOST] [--config-dir DIR]",
-    details: "  --sname N / --name N@HOST  the node (default: private)\n  --config-dir DIR",
-    options: { ...NAME_FLAGS, ...CONFIG_DIR },
+    usage: "nodectl id [--sname N | --name N@HOST | --call] [--config-dir DIR]",
+    details: [
+      "  --sname N / --name N@HOST  the node (default: private)",
+      "  --call               the key `nodectl call` uses (give it to serve --admin-allow to let",
+      "                       this user run SecretService.set_secret)",
+      "  --config-dir DIR",
+    ].join("\n"),
+    options: { ...NAME_FLAGS, ...CONFIG_DIR, call: { type: "boolean" } },
     run: (values) => id(values),
   },
   "known-nodes": {

@@ -31,7 +31,8 @@ function configDir(values: Values): string {
 
 /** `nodectl id [--sname N | --name N@H]`: the node's public key and fingerprint. */
 export function id(values: Values): Promise<number> {
-  const name = nodeNameFrom(values, "id", "private");
+  // `nodectl call` runs as a hidden node with one identity per user, named "call".
+  const name = values.call === true ? "call" : nodeNameFrom(values, "id", "private");
   const identity = loadOrCreateIdentity(identityPath(configDir(values), name));
   const pub = btoa(String.fromCharCode(...identity.keyPair.publicKey));
   process.stdout.write(`${name} ${identity.fingerprint} ${pub}\n`);

@@ -101,6 +101,7 @@ export const NODE_FLAGS = {
   "strict-known-nodes": { type: "boolean" },
   "handshake-timeout": { type: "string" },
   "dead-peer-timeout": { type: "string" },
+  "max-message-size": { type: "string" },
   "log-level": { type: "string" },
 } as const;
 
@@ -117,6 +118,7 @@ export const NODE_FLAGS_HELP = [
   "  --handshake-timeout MS  drop a peer that has not finished its handshake (5000)",
   "  --dead-peer-timeout MS  declare a silent peer down after MS (10000; keepalives every",
   "                       quarter of it, at most 2500)",
+  "  --max-message-size BYTES  largest call or reply sent or accepted (67108864 = 64 MiB)",
   "  --log-level LEVEL    debug, info, warn, error or silent (info)",
 ].join("\n");
 
@@ -185,7 +187,9 @@ export function openNodeContext(
   });
   const timeoutMs = int(values, "handshake-timeout", command);
   const deadPeerTimeoutMs = int(values, "dead-peer-timeout", command, 100) ?? DEAD_PEER_TIMEOUT_MS;
+  const maxMessageSize = int(values, "max-message-size", command, 1024, 0xffff_ffff);
   const session = {
+    ...(maxMessageSize !== undefined ? { maxMessageSize } : {}),
     deadPeerTimeoutMs,
     keepaliveIntervalMs: Math.min(KEEPALIVE_INTERVAL_MS, deadPeerTimeoutMs / 4),
     log: (line: string) => log.warn(line),

@@ -98,6 +98,7 @@ export class Connection {
   #serving = 0;
   #closedReason: CloseReason | undefined;
   #helloResolve!: () => void;
+  #peerMax: number | undefined;
   #helloReject!: (err: Error) => void;
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -114,7 +115,13 @@ export class Connection {
     });
     this.hello.catch(() => {});
     this.done = session.closed.then((reason) => this.#onClosed(reason));
-    this.#send({ type: "hello", creation: host.creation, hidden: host.hidden }).catch(() => {});
+    const max = session.maxMessageSize;
+    this.#send({
+      type: "hello",
+      creation: host.creation,
+      hidden: host.hidden,
+      ...(max !== undefined ? { max } : {}),
+    }).catch(() => {});
     void this.#readLoop();
   }
 
@@ -135,7 +142,22 @@ export class Connection {
   }
 
   #send(message: Message): Promise<void> {
-    return this.session.send(encodeMessage(message));
+    return this.#sendBytes(encodeMessage(message));
+  }
+
+  /**
+   * Sends an encoded message, refusing one over the peer's advertised limit here rather than
+   * letting the peer drop the whole session for it.
+   */
+  #sendBytes(bytes: Uint8Array): Promise<void> {
+    if (this.#peerMax !== undefined && bytes.length > this.#peerMax) {
+      return Promise.reject(
+        new PayloadTooLargeError(
+          `${bytes.length} bytes is over ${this.peer.name}'s limit of ${this.#peerMax} bytes`,
+        ),
+      );
+    }
+    return this.session.send(bytes);
   }
 
   /** Calls `service.fn` on the peer with CBOR-encoded `args`; rejects with signal.reason on abort. */
@@ -258,6 +280,7 @@ export class Connection {
             return;
           }
           this.peerCreation = message.creation;
+          this.#peerMax = message.max;
           this.peerHidden = this.peerHidden || message.hidden;
           this.#host.onHello(this);
           this.#helloResolve();
@@ -376,7 +399,7 @@ export class Connection {
       bytes = encodeMessage({ type: "error", id: reply.id, ...errorToWire(err) });
     }
     try {
-      await this.session.send(bytes);
+      await this.#sendBytes(bytes);
     } catch (err) {
       if (!(err instanceof PayloadTooLargeError) || reply.type !== "reply") {
         if (!this.closed) {

@@ -36,7 +36,7 @@ const TAG_MAP = 259;
 /** The messages nodes exchange. */
 export type Message =
   /** First message on every session, both ways: this incarnation of the node. */
-  | { type: "hello"; creation: string; hidden: boolean }
+  | { type: "hello"; creation: string; hidden: boolean; max?: number }
   /** Call `service.fn(...args)`; answered by a `reply` or `error` with the same id. */
   | { type: "call"; id: number; service: string; fn: string; args: Uint8Array }
   /** Like call, no answer. */
@@ -255,7 +255,13 @@ export function decodeMessage(bytes: Uint8Array): Message {
   switch (m.type) {
     case "hello":
       if (typeof m.creation !== "string" || typeof m.hidden !== "boolean") throw bad("hello");
-      return { type: "hello", creation: m.creation, hidden: m.hidden };
+      if (m.max !== undefined && !(isId(m.max) && m.max > 0)) throw bad("hello max");
+      return {
+        type: "hello",
+        creation: m.creation,
+        hidden: m.hidden,
+        ...(m.max !== undefined ? { max: m.max as number } : {}),
+      };
     case "call":
       if (
         !isId(m.id) || !isName(m.service) || !isName(m.fn) || !(m.args instanceof Uint8Array)

@@ -205,3 +205,53 @@ Deno.test("call --json prints machine-readable results and errors keep their exi
     home.cleanup();
   }
 });
+
+Deno.test("set_secret works for the key listed with --admin-allow, and a reply over the size limit is payload_too_large", async () => {
+  const home = createNodeHome();
+  try {
+    const id = await runNodectl(["id", "--call"], home);
+    assertEquals(id.code, 0, id.stderr);
+    const fingerprint = id.stdout.split(" ")[1]!;
+    assertMatch(fingerprint, /^SHA256:/);
+    await startNode(
+      [
+        "--role",
+        "private",
+        "--sname",
+        "admin",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-allow",
+        fingerprint,
+        "--max-message-size",
+        "2048",
+      ],
+      home,
+    );
+    const set = await runNodectl([
+      "call",
+      "SecretService.set_secret",
+      "default",
+      "rotated data",
+      "--to",
+      "admin",
+    ], home);
+    assertEquals(set.code, 0, set.stderr);
+    const got = await runNodectl(["call", "get_data", "--to", "admin"], home);
+    assertEquals(got.stdout, "rotated data\n");
+    const big = "x".repeat(4096);
+    const setBig = await runNodectl([
+      "call",
+      "SecretService.set_secret",
+      "big",
+      big,
+      "--to",
+      "admin",
+    ], home);
+    assertEquals(setBig.code, 9, "the request itself is over the node's 2048-byte limit");
+    assertMatch(setBig.stderr, /too large|over/i);
+  } finally {
+    await stopAll();
+    home.cleanup();
+  }
+});

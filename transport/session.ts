@@ -135,6 +135,11 @@ function checkPositive(name: string, value: number): number {
  */
 export class NoiseSession implements Session {
   /** Who is on the other end. */
+  /** The largest message this side sends or accepts, in bytes. */
+  get maxMessageSize(): number {
+    return this.#maxMessageSize;
+  }
+
   readonly peer: PeerInfo;
   /** Resolves with the reason once the session and its transport are closed. */
   readonly closed: Promise<CloseReason>;

@@ -47,6 +47,8 @@ export type CloseReason =
  */
 export interface Session extends AsyncIterable<Uint8Array> {
   readonly peer: PeerInfo;
+  /** The largest message this side accepts (and sends); told to the peer by the node layer. */
+  readonly maxMessageSize?: number;
   /** Sends one whole message. Rejects with PayloadTooLargeError above the limit. */
   send(message: Uint8Array): Promise<void>;
   /** Closes the session cleanly (the peer is told); idempotent. */
