@@ -567,7 +567,13 @@ export class NoiseSession implements Session {
     for (const reader of this.#readers.splice(0)) reader({ done: true, value: undefined });
     this.#resumeReading?.();
     this.#reason = reason;
-    this.#transport.closed.then(() => this.#resolveClosed(reason));
+    // A clean close waits until the transport has flushed and closed; a dead or broken peer is
+    // reported at once (flushing to it could take the transport's whole linger time).
+    if (reason.kind === "local" || reason.kind === "remote") {
+      this.#transport.closed.then(() => this.#resolveClosed(reason));
+    } else {
+      this.#resolveClosed(reason);
+    }
   }
 
   #downError(reason: CloseReason | null = this.#reason): NodeDownError {
