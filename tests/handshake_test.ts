@@ -347,3 +347,25 @@ Deno.test("the initiator's deadline turns a silent responder into a TimeoutError
   );
   assertMatch(err.message, /did not finish within 200 ms/);
 });
+
+Deno.test("strict known_nodes admits a hidden caller whose key is listed under any name", async () => {
+  const dir = tempDir();
+  try {
+    const path = join(dir, "known_nodes");
+    const callerKey = generateKeyPair();
+    KnownNodes.load(path, { strict: false }).pin("call@host", callerKey.publicKey);
+    const b = side("private@host", { knownNodes: KnownNodes.load(path, { strict: true }) });
+    const ok = await handshake(side("call-1234@host", { hidden: true }, callerKey), b);
+    assert(ok.server);
+    assertEquals(ok.server.peer.name, "call-1234@host");
+    await ok.client.close();
+    const stranger = await assertRejects(
+      () => handshake(side("call-999@host", { hidden: true }), b),
+      AuthFailedError,
+    );
+    assertEquals(stranger.reason, "refused_by_peer");
+    assertMatch(b.logs.join("\n"), /refused call-999@host/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
