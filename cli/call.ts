@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { readFileSync } from "node:fs";
 import process from "node:process";
 import { Node, parseNodeName, SECRET_SERVICE, shortHostname } from "../mod.ts";
 import {
@@ -33,9 +34,24 @@ export const CALL_HELP = [
   "  --timeout MS         one deadline for name lookup, connect, handshake and call (5000)",
   "",
   "FUNCTION is SERVICE.FUNCTION, or FUNCTION alone for SecretService. Each ARG is JSON when it",
-  'parses as JSON (42, true, "text", [1,2], {"k":1}), else a string.',
+  'parses as JSON (42, true, "text", [1,2], {"k":1}), else a string. An ARG of - is read from',
+  "standard input as a string (keeps secret values out of argv and shell history).",
   NODE_FLAGS_HELP,
 ].join("\n");
+
+/** Standard input as text, one trailing newline dropped: for values that must stay off argv. */
+function stdinText(): string {
+  let text: string;
+  try {
+    text = readFileSync(0, "utf8");
+  } catch (err) {
+    throw new UsageError(
+      `cannot read the '-' argument from standard input: ${(err as Error).message}`,
+      "call",
+    );
+  }
+  return text.replace(/\r?\n$/, "");
+}
 
 function parseArg(text: string): unknown {
   try {
@@ -82,6 +98,9 @@ export async function call(values: Values, positionals: string[]): Promise<numbe
   const to = toText.includes("@") ? toText : `${toText}@${shortHostname()}`;
   parseNodeName(to); // a malformed name fails here with a ConfigError naming it
   const timeoutMs = int(values, "timeout", "call") ?? 5000;
+  if (rawArgs.filter((a) => a === "-").length > 1) {
+    throw new UsageError("only one ARG can be '-' (read from standard input)", "call");
+  }
   const log = makeLogger({ ...values, "log-level": str(values, "log-level") ?? "warn" }, "call");
   const name = `call-${process.pid}@${shortHostname()}`;
   const ctx = openNodeContext(values, "call", name, log, { hidden: true, identityName: "call" });
@@ -94,7 +113,8 @@ export async function call(values: Values, positionals: string[]): Promise<numbe
     log: (level, line) => log[level](line),
   });
   try {
-    const result = await node.call(service, fn, rawArgs.map(parseArg), { node: to, timeoutMs });
+    const args = rawArgs.map((a) => a === "-" ? stdinText() : parseArg(a));
+    const result = await node.call(service, fn, args, { node: to, timeoutMs });
     process.stdout.write((values.json ? toJson(result) : plain(result)) + "\n");
     return 0;
   } finally {

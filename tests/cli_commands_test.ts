@@ -5,6 +5,7 @@
 import { readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
+import { ensureBinary } from "./support/binary.ts";
 import { createNodeHome, runNodectl, startNode, stopAll } from "./support/processes.ts";
 
 function mode(path: string): number {
@@ -228,15 +229,20 @@ Deno.test("set_secret works for the key listed with --admin-allow, and a reply o
       ],
       home,
     );
-    const set = await runNodectl([
-      "call",
-      "SecretService.set_secret",
-      "default",
-      "rotated data",
-      "--to",
-      "admin",
-    ], home);
-    assertEquals(set.code, 0, set.stderr);
+    // The new value comes on standard input ("-"), never on the command line.
+    const child = new Deno.Command(await ensureBinary(), {
+      args: ["call", "SecretService.set_secret", "default", "-", "--to", "admin"],
+      env: home.env(),
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("rotated data\n"));
+    await writer.close();
+    const set = await child.output();
+    assertEquals(set.code, 0, new TextDecoder().decode(set.stderr));
     const got = await runNodectl(["call", "get_data", "--to", "admin"], home);
     assertEquals(got.stdout, "rotated data\n");
     const big = "x".repeat(4096);
