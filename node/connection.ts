@@ -4,13 +4,26 @@
  *
  * @module
  */
-import { BadArgError, NodeDownError, PayloadTooLargeError, ProtocolError } from "../errors.ts";
-import type { CloseReason, PeerInfo, Session } from "../transport/types.ts";
 import {
+  BadArgError,
+  NodeDownError,
+  PayloadTooLargeError,
+  ProtocolError,
+  TimeoutError,
+} from "../errors.ts";
+import type { CloseReason, PeerInfo, Session } from "../transport/types.ts";
+import { deadlines, type Timed } from "./deadlines.ts";
+import {
+  decodeArgs,
+  decodeErrorExtra,
   decodeMessage,
-  decodeValue,
+  decodeReply,
+  encodeCall,
+  encodeCast,
+  encodeError,
+  encodeHello,
   encodeMessage,
-  encodeValue,
+  encodeReply,
   errorFromWire,
   errorToWire,
   type Message,
@@ -32,17 +45,42 @@ export interface ConnectionHost {
   onBye(conn: Connection, reconnect: boolean): void;
   /** The session ended; pending calls have already been failed. */
   onClosed(conn: Connection, reason: CloseReason): void;
-  /** Runs a call from the peer. */
-  serve(conn: Connection, service: string, fn: string, args: unknown[]): Promise<unknown>;
+  /** Runs a call from the peer: its value, or a promise of it. */
+  serve(conn: Connection, service: string, fn: string, args: unknown[]): unknown;
   /** Writes a log line. */
   log(level: "debug" | "info" | "warn" | "error", message: string): void;
 }
 
-interface Pending {
-  service: string;
-  fn: string;
-  resolve(value: unknown): void;
-  reject(err: Error): void;
+/** Arguments already encoded as CBOR (a call that had to connect first encoded them early). */
+export interface EncodedArgs {
+  readonly encoded: Uint8Array;
+}
+
+/** A call waiting for its reply; filed in `deadlines` until it settles. */
+class Pending implements Timed {
+  slot = -1;
+  prev: Timed | undefined = undefined;
+  next: Timed | undefined = undefined;
+  resolve!: (value: unknown) => void;
+  reject!: (err: Error) => void;
+
+  constructor(
+    readonly id: number,
+    readonly service: string,
+    readonly fn: string,
+    /** The whole deadline of the call, for the timeout message. */
+    readonly timeoutMs: number,
+    readonly onExpire: (p: Pending) => void,
+  ) {}
+
+  expire(): void {
+    this.onExpire(this);
+  }
+}
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return (typeof v === "object" || typeof v === "function") && v !== null
+    && typeof (v as { then?: unknown }).then === "function";
 }
 
 /**
@@ -115,13 +153,9 @@ export class Connection {
     });
     this.hello.catch(() => {});
     this.done = session.closed.then((reason) => this.#onClosed(reason));
-    const max = session.maxMessageSize;
-    this.#send({
-      type: "hello",
-      creation: host.creation,
-      hidden: host.hidden,
-      ...(max !== undefined ? { max } : {}),
-    }).catch(() => {});
+    this.#sendBytes(encodeHello(host.creation, host.hidden, session.maxMessageSize)).catch(
+      () => {},
+    );
     void this.#readLoop();
   }
 
@@ -141,10 +175,6 @@ export class Connection {
       && !this.gotRetire;
   }
 
-  #send(message: Message): Promise<void> {
-    return this.#sendBytes(encodeMessage(message));
-  }
-
   /**
    * Sends an encoded message, refusing one over the peer's advertised limit here rather than
    * letting the peer drop the whole session for it.
@@ -157,53 +187,79 @@ export class Connection {
         ),
       );
     }
-    return this.session.send(bytes);
+    try {
+      return this.session.send(bytes);
+    } catch (err) {
+      return Promise.reject(err); // a session that throws must not break the read loop
+    }
   }
 
-  /** Calls `service.fn` on the peer with CBOR-encoded `args`; rejects with signal.reason on abort. */
-  call(service: string, fn: string, args: Uint8Array, signal?: AbortSignal): Promise<unknown> {
+  /**
+   * Calls `service.fn(...args)` on the peer. Rejects with TimeoutError once `remainingMs` have
+   * passed (the message names `timeoutMs`, the call's whole deadline), with BadArgError for
+   * arguments that cannot be encoded, and with NodeDownError if the session ends first.
+   */
+  call(
+    service: string,
+    fn: string,
+    args: unknown[] | EncodedArgs,
+    timeoutMs: number,
+    remainingMs = timeoutMs,
+  ): Promise<unknown> {
     if (this.closed || this.closing) {
       return Promise.reject(
         new NodeDownError(`${this.peer.name} is not connected (session closed)`, this.peer.name),
       );
     }
-    if (signal?.aborted) return Promise.reject(signal.reason);
     const id = this.#nextId++;
-    return new Promise<unknown>((resolve, reject) => {
-      const onAbort = () => {
-        if (this.#pending.delete(id)) {
-          reject(signal!.reason);
-          this.#maybeFinish();
-        }
-      };
-      const done = () => signal?.removeEventListener("abort", onAbort);
-      this.#pending.set(id, {
-        service,
-        fn,
-        resolve: (v) => {
-          done();
-          resolve(v);
-        },
-        reject: (e) => {
-          done();
-          reject(e);
-        },
-      });
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.#send({ type: "call", id, service, fn, args }).catch((err) => {
-        const p = this.#pending.get(id);
-        if (!p) return;
-        this.#pending.delete(id);
-        p.reject(this.#sendError(err, service, fn));
-        this.#maybeFinish();
-      });
+    let bytes: Uint8Array;
+    try {
+      bytes = Array.isArray(args)
+        ? encodeCall(id, service, fn, args)
+        : encodeMessage({ type: "call", id, service, fn, args: args.encoded });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const p = new Pending(id, service, fn, timeoutMs, this.#expire);
+    const promise = new Promise<unknown>((resolve, reject) => {
+      p.resolve = resolve;
+      p.reject = reject;
     });
+    this.#pending.set(id, p);
+    deadlines.add(p, remainingMs);
+    this.#sendBytes(bytes).catch((err) => {
+      if (this.#pending.get(id) !== p) return;
+      this.#settle(p);
+      p.reject(this.#sendError(err, service, fn));
+      this.#maybeFinish();
+    });
+    return promise;
   }
 
+  #settle(p: Pending): void {
+    this.#pending.delete(p.id);
+    deadlines.remove(p);
+  }
+
+  #expire = (p: Pending): void => {
+    if (this.#pending.get(p.id) !== p) return;
+    this.#pending.delete(p.id);
+    p.reject(
+      new TimeoutError(
+        `call ${p.service}.${p.fn} on ${this.peer.name} timed out after ${p.timeoutMs} ms `
+          + "waiting for the reply",
+      ),
+    );
+    this.#maybeFinish();
+  };
+
   /** Sends a cast: no reply, no report of remote failures. */
-  async cast(service: string, fn: string, args: Uint8Array): Promise<void> {
+  async cast(service: string, fn: string, args: unknown[] | EncodedArgs): Promise<void> {
+    const bytes = Array.isArray(args)
+      ? encodeCast(service, fn, args)
+      : encodeMessage({ type: "cast", service, fn, args: args.encoded });
     try {
-      await this.#send({ type: "cast", service, fn, args });
+      await this.#sendBytes(bytes);
     } catch (err) {
       throw this.#sendError(err, service, fn);
     }
@@ -227,7 +283,7 @@ export class Connection {
   retire(graceMs: number): void {
     if (this.sentRetire || this.closed) return;
     this.sentRetire = true;
-    this.#send({ type: "retire" }).catch(() => {});
+    this.#sendBytes(encodeMessage({ type: "retire" })).catch(() => {});
     this.#graceTimer = setTimeout(() => {
       void this.close("duplicate session retired (grace period over)");
     }, graceMs);
@@ -239,7 +295,7 @@ export class Connection {
     if (this.closed) return;
     this.closing = true;
     try {
-      await this.#send({ type: "bye", reconnect });
+      await this.#sendBytes(encodeMessage({ type: "bye", reconnect }));
     } catch { /* closing anyway */ }
     await this.close(message);
   }
@@ -306,22 +362,17 @@ export class Connection {
         void this.#protocolError("a second hello");
         return;
       case "call":
-        void this.#serve(message.id, message.service, message.fn, message.args);
+        this.#serve(message.id, message.service, message.fn, message.args);
         return;
       case "cast":
-        void this.#serve(undefined, message.service, message.fn, message.args);
+        this.#serve(undefined, message.service, message.fn, message.args);
         return;
       case "reply": {
         const p = this.#pending.get(message.id);
         if (!p) return;
-        this.#pending.delete(message.id);
+        this.#settle(p);
         try {
-          p.resolve(
-            decodeValue(
-              message.value,
-              `the reply of ${p.service}.${p.fn} from ${this.peer.name}`,
-            ),
-          );
+          p.resolve(decodeReply(message.value, p.service, p.fn, this.peer.name));
         } catch (err) {
           p.reject(err as Error);
         }
@@ -331,8 +382,13 @@ export class Connection {
       case "error": {
         const p = this.#pending.get(message.id);
         if (!p) return;
-        this.#pending.delete(message.id);
-        p.reject(errorFromWire(message));
+        this.#settle(p);
+        try {
+          const extra = decodeErrorExtra(message.extra, p.service, p.fn, this.peer.name);
+          p.reject(errorFromWire({ ...message, extra }));
+        } catch (err) {
+          p.reject(err as Error);
+        }
         this.#maybeFinish();
         return;
       }
@@ -348,70 +404,90 @@ export class Connection {
     }
   }
 
-  async #serve(
-    id: number | undefined,
-    service: string,
-    fn: string,
-    argBytes: Uint8Array,
-  ): Promise<void> {
+  /**
+   * Runs a call (`id`) or cast (no id) from the peer and sends its answer. A function that
+   * returns a plain value is answered at once, without a trip through the microtask queue.
+   */
+  #serve(id: number | undefined, service: string, fn: string, argBytes: Uint8Array): void {
     this.#serving++;
-    let reply: Message | undefined;
+    let result: unknown;
     try {
-      const args = decodeValue(
-        argBytes,
-        `arguments of ${service}.${fn} sent to ${this.#host.name}`,
-      );
-      if (!Array.isArray(args)) {
-        throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
-      }
-      const value = await this.#host.serve(this, service, fn, args);
-      if (id !== undefined) {
-        reply = {
-          type: "reply",
-          id,
-          value: encodeValue(value, `the reply of ${service}.${fn} on ${this.#host.name}`),
-        };
-      }
+      // Decoded before anything else: `argBytes` is a view of the received message.
+      const args = decodeArgs({ service, fn, args: argBytes }, this.#host.name);
+      result = this.#host.serve(this, service, fn, args);
     } catch (err) {
-      if (id === undefined) {
-        this.#host.log(
-          "warn",
-          `cast ${service}.${fn} from ${this.peer.name} failed: ${(err as Error).message}`,
-        );
-      } else {
-        reply = { type: "error", id, ...errorToWire(err) };
-      }
+      return this.#answer(id, service, fn, err, false);
     }
-    try {
-      if (reply && !this.closed) await this.#sendReply(reply, service, fn);
-    } finally {
-      this.#serving--;
-      this.#maybeFinish();
+    if (isThenable(result)) {
+      Promise.resolve(result).then(
+        (value) => this.#answer(id, service, fn, value, true),
+        (err) => this.#answer(id, service, fn, err, false),
+      );
+    } else {
+      this.#answer(id, service, fn, result, true);
     }
   }
 
-  async #sendReply(reply: Message, service: string, fn: string): Promise<void> {
-    let bytes: Uint8Array;
-    try {
-      bytes = encodeMessage(reply);
-    } catch (err) {
-      if (reply.type !== "error" && reply.type !== "reply") return;
-      bytes = encodeMessage({ type: "error", id: reply.id, ...errorToWire(err) });
-    }
-    try {
-      await this.#sendBytes(bytes);
-    } catch (err) {
-      if (!(err instanceof PayloadTooLargeError) || reply.type !== "reply") {
-        if (!this.closed) {
-          this.#host.log("warn", `reply to ${this.peer.name} not sent: ${String(err)}`);
-        }
-        return;
+  /** Sends the reply (or error) of a served call; logs a failed cast. */
+  #answer(id: number | undefined, service: string, fn: string, outcome: unknown, ok: boolean) {
+    let reply: Uint8Array | undefined;
+    if (id === undefined) {
+      if (!ok) {
+        this.#host.log(
+          "warn",
+          `cast ${service}.${fn} from ${this.peer.name} failed: ${(outcome as Error).message}`,
+        );
       }
-      const tooLarge = new PayloadTooLargeError(
-        `the reply of ${service}.${fn} on ${this.#host.name} is too large: ${err.message}`,
-      );
-      await this.#send({ type: "error", id: reply.id, ...errorToWire(tooLarge) }).catch(() => {});
+    } else if (ok) {
+      try {
+        reply = encodeReply(id, outcome, service, fn, this.#host.name);
+      } catch (err) {
+        ok = false;
+        reply = this.#errorReply(id, err);
+      }
+    } else {
+      reply = this.#errorReply(id, outcome);
     }
+    if (reply === undefined || id === undefined || this.closed) return this.#servedOne();
+    this.#sendBytes(reply).then(
+      this.#servedOne,
+      (err) => this.#replyFailed(err, id, ok, service, fn).finally(this.#servedOne),
+    );
+  }
+
+  #servedOne = (): void => {
+    this.#serving--;
+    this.#maybeFinish();
+  };
+
+  #errorReply(id: number, err: unknown): Uint8Array | undefined {
+    try {
+      return encodeError(id, errorToWire(err));
+    } catch (e) {
+      this.#host.log("warn", `error reply to ${this.peer.name} not sent: ${String(e)}`);
+      return undefined;
+    }
+  }
+
+  /** A reply was not sent: one too large for the peer is answered with that error instead. */
+  async #replyFailed(
+    err: unknown,
+    id: number,
+    isValue: boolean,
+    service: string,
+    fn: string,
+  ): Promise<void> {
+    if (!(err instanceof PayloadTooLargeError) || !isValue) {
+      if (!this.closed) {
+        this.#host.log("warn", `reply to ${this.peer.name} not sent: ${String(err)}`);
+      }
+      return;
+    }
+    const tooLarge = new PayloadTooLargeError(
+      `the reply of ${service}.${fn} on ${this.#host.name} is too large: ${err.message}`,
+    );
+    const bytes = this.#errorReply(id, tooLarge);
+    if (bytes) await this.#sendBytes(bytes).catch(() => {});
   }
 
   #onClosed(reason: CloseReason): void {
@@ -421,6 +497,7 @@ export class Connection {
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     for (const p of pending) {
+      deadlines.remove(p);
       p.reject(
         new NodeDownError(
           `${this.peer.name} went down during ${p.service}.${p.fn}: ${reason.message}`,

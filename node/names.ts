@@ -78,8 +78,15 @@ function checkHost(text: string, host: string): void {
   }
 }
 
+/** Names parsed lately (valid ones that carry a host), frozen; cleared when it gets full. */
+const parsed = new Map<string, NodeName>();
+const PARSED_MAX = 1024;
+
 /**
  * Parses and validates a node name. A bare `alive` is a short name on this host.
+ *
+ * The result is frozen, and the same object for the same text while it is remembered: a node
+ * calls the same few names over and over.
  *
  * @example
  * ```ts
@@ -88,6 +95,18 @@ function checkHost(text: string, host: string): void {
  * @throws ConfigError with a one-line message saying what is wrong.
  */
 export function parseNodeName(text: string): NodeName {
+  let name = parsed.get(text);
+  if (name !== undefined) return name;
+  name = Object.freeze(parse(text));
+  // A short name depends on the host name, which may change: only names with a host are kept.
+  if (text.includes("@")) {
+    if (parsed.size >= PARSED_MAX) parsed.clear();
+    parsed.set(text, name);
+  }
+  return name;
+}
+
+function parse(text: string): NodeName {
   if (text.length === 0) throw invalid(text, `the name is empty; ${FORMS}`);
   if (/\s/.test(text)) throw invalid(text, `the name contains whitespace; ${FORMS}`);
   const at = text.indexOf("@");

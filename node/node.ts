@@ -8,10 +8,12 @@
  */
 import { randomBytes } from "node:crypto";
 import { isIP } from "node:net";
+import { performance } from "node:perf_hooks";
 import { BadArgError, ConfigError, NodectlError, NodeDownError, TimeoutError } from "../errors.ts";
 import type { CloseReason, Listener, Network, Session } from "../transport/types.ts";
 import { backoffDelay, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.ts";
 import { Connection, type ConnectionHost, raceSignal } from "./connection.ts";
+import { withDeadline } from "./deadlines.ts";
 import { EventHub, type MonitorOptions, type NodeEvent } from "./monitor.ts";
 import { DEFAULT_PORT, formatAddress, isLocalHost, type NodeName, parseNodeName } from "./names.ts";
 import { encodeValue } from "./protocol.ts";
@@ -205,7 +207,7 @@ export class Node {
       onRetire: (c) => this.#onRetire(c),
       onBye: (c, reconnect) => this.#onBye(c, reconnect),
       onClosed: (c, reason) => this.#onClosed(c, reason),
-      serve: (c, service, fn, args) => this.#services.invoke(service, fn, args, c.peer),
+      serve: (c, service, fn, args) => this.#services.run(service, fn, args, c.peer),
       log: (level, msg) => this.#log(level, msg),
     };
   }
@@ -279,34 +281,70 @@ export class Node {
    *   NodeDownError (unreachable, or lost mid-call: promptly, not at the deadline),
    *   TimeoutError, AuthFailedError, ConfigError (malformed node name).
    */
-  async call(
+  call(
     service: string,
     fn: string,
     args: unknown[] = [],
     options: CallOptions = {},
   ): Promise<unknown> {
-    if (!Array.isArray(args)) {
-      throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
-    }
-    const timeoutMs = checkTimeout(options.timeoutMs ?? this.callTimeoutMs, "timeoutMs");
-    this.#checkRunning();
-    const target = options.node === undefined ? undefined : parseNodeName(options.node);
-    const where = target?.name ?? this.name;
-    const deadline = new Deadline(timeoutMs, `call ${service}.${fn} on ${where}`);
     try {
-      if (!target || target.name === this.name) {
-        deadline.phase = " in the local service";
-        return await raceSignal(this.#services.invoke(service, fn, args, "local"), deadline.signal);
+      if (!Array.isArray(args)) {
+        throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
       }
-      const bytes = encodeValue(args, `arguments of ${service}.${fn}`);
-      deadline.phase = " while connecting";
-      const peer = await this.#ensureConnected(target, deadline.signal);
-      deadline.phase = " waiting for the reply";
-      const conn = this.#sessionOf(peer) ?? await this.#connection(target, deadline.signal);
-      return await conn.call(service, fn, bytes, deadline.signal);
+      const timeoutMs = options.timeoutMs === undefined
+        ? this.callTimeoutMs
+        : checkTimeout(options.timeoutMs, "timeoutMs");
+      this.#checkRunning();
+      const target = options.node === undefined ? undefined : parseNodeName(options.node);
+      if (!target || target.name === this.name) {
+        return withDeadline(
+          this.#services.invoke(service, fn, args, "local"),
+          timeoutMs,
+          () =>
+            new TimeoutError(
+              `call ${service}.${fn} on ${this.name} timed out after ${timeoutMs} ms `
+                + "in the local service",
+            ),
+        );
+      }
+      // Connected already (the usual case): no timer, no AbortController, no extra await.
+      const peer = this.#peers.get(target.name);
+      const conn = peer && this.#sessionOf(peer);
+      if (conn) {
+        this.#using(peer, target, conn);
+        return conn.call(service, fn, args, timeoutMs);
+      }
+      return this.#connectAndCall(service, fn, args, timeoutMs, target);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** A call that has to connect first: one deadline covers connecting and the call. */
+  async #connectAndCall(
+    service: string,
+    fn: string,
+    args: unknown[],
+    timeoutMs: number,
+    target: NodeName,
+  ): Promise<unknown> {
+    // Arguments that cannot be sent fail before connecting.
+    const encoded = encodeValue(args, `arguments of ${service}.${fn}`);
+    const started = performance.now();
+    const what = `call ${service}.${fn} on ${target.name}`;
+    const deadline = new Deadline(timeoutMs, what);
+    deadline.phase = " while connecting";
+    let conn: Connection;
+    try {
+      conn = await this.#connection(target, deadline.signal);
     } finally {
       deadline.clear();
     }
+    const remaining = timeoutMs - (performance.now() - started);
+    if (remaining <= 0) {
+      throw new TimeoutError(`${what} timed out after ${timeoutMs} ms${deadline.phase}`);
+    }
+    return await conn.call(service, fn, { encoded }, timeoutMs, remaining);
   }
 
   /**
@@ -315,30 +353,58 @@ export class Node {
    * reported. Rejects if the node cannot be reached within the deadline or the arguments
    * cannot be sent.
    */
-  async cast(
+  cast(
     service: string,
     fn: string,
     args: unknown[] = [],
     options: CallOptions = {},
   ): Promise<void> {
-    if (!Array.isArray(args)) {
-      throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
+    try {
+      if (!Array.isArray(args)) {
+        throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
+      }
+      const timeoutMs = options.timeoutMs === undefined
+        ? this.callTimeoutMs
+        : checkTimeout(options.timeoutMs, "timeoutMs");
+      this.#checkRunning();
+      const target = options.node === undefined ? undefined : parseNodeName(options.node);
+      if (!target || target.name === this.name) {
+        this.#services.invoke(service, fn, args, "local").catch((err) =>
+          this.#log("warn", `cast ${service}.${fn} failed: ${message(err)}`)
+        );
+        return Promise.resolve();
+      }
+      const what = `cast ${service}.${fn} to ${target.name}`;
+      const peer = this.#peers.get(target.name);
+      const conn = peer && this.#sessionOf(peer);
+      if (conn) {
+        this.#using(peer, target, conn);
+        return withDeadline(
+          conn.cast(service, fn, args),
+          timeoutMs,
+          () => new TimeoutError(`${what} timed out after ${timeoutMs} ms while connecting`),
+        );
+      }
+      return this.#connectAndCast(service, fn, args, timeoutMs, target, what);
+    } catch (err) {
+      return Promise.reject(err);
     }
-    const timeoutMs = checkTimeout(options.timeoutMs ?? this.callTimeoutMs, "timeoutMs");
-    this.#checkRunning();
-    const target = options.node === undefined ? undefined : parseNodeName(options.node);
-    if (!target || target.name === this.name) {
-      this.#services.invoke(service, fn, args, "local").catch((err) =>
-        this.#log("warn", `cast ${service}.${fn} failed: ${message(err)}`)
-      );
-      return;
-    }
-    const bytes = encodeValue(args, `arguments of ${service}.${fn}`);
-    const deadline = new Deadline(timeoutMs, `cast ${service}.${fn} to ${target.name}`);
+  }
+
+  async #connectAndCast(
+    service: string,
+    fn: string,
+    args: unknown[],
+    timeoutMs: number,
+    target: NodeName,
+    what: string,
+  ): Promise<void> {
+    const encoded = encodeValue(args, `arguments of ${service}.${fn}`);
+    const deadline = new Deadline(timeoutMs, what);
     deadline.phase = " while connecting";
     try {
       const conn = await this.#connection(target, deadline.signal);
-      await raceSignal(conn.cast(service, fn, bytes), deadline.signal);
+      await raceSignal(conn.cast(service, fn, { encoded }), deadline.signal);
     } finally {
       deadline.clear();
     }
@@ -516,6 +582,13 @@ export class Node {
     // Reconnect to it after a loss, unless it is a hidden node that connected to us.
     if (conn.outbound || !conn.peerHidden) peer.wanted = true;
     return peer;
+  }
+
+  /** What #ensureConnected records when it finds `peer` connected through `conn`. */
+  #using(peer: Peer, target: NodeName, conn: Connection): void {
+    if (target.port !== undefined || !peer.target) peer.target = target;
+    // Reconnect to it after a loss, unless it is a hidden node that connected to us.
+    if (conn.outbound || !conn.peerHidden) peer.wanted = true;
   }
 
   /** The session for new calls to `peer`, if there is one. */

@@ -1,19 +1,31 @@
 /**
- * The node-to-node protocol: CBOR messages on an authenticated `Session`.
+ * The node-to-node protocol: binary messages on an authenticated `Session`.
  *
- * Every message is one CBOR map with a `type`. Call arguments and reply values travel as their
- * own CBOR byte strings inside the message, so a value that cannot be decoded fails that one
- * call with `badarg` instead of breaking the session.
+ * Every message is a fixed binary header (its type, a call id, lengths, short UTF-8 strings)
+ * followed by at most one CBOR value (`cbor.ts`), which fills the rest of the message. A header
+ * that is malformed breaks the protocol (ProtocolError: the session closes); a value that cannot
+ * be decoded fails only its own call, with `badarg`. Encoding writes each message once, value
+ * included, usually into a shared slab (`cbor.ts`); decoding copies nothing: the value comes out
+ * as a view of the received bytes, decoded when its call is handled.
  *
- * Values: `null`, `undefined`, booleans, numbers, strings, `bigint` (always CBOR tags 2/3, so
- * `1n` stays a bigint and any size or sign works), `Uint8Array` (other typed arrays, `DataView`
- * and `ArrayBuffer` arrive as `Uint8Array`), arrays, plain objects (string keys) and `Map`s
- * (tag 259, any keys, order kept). Anything else (Date, class instances, functions, cycles) is
- * refused with `BadArgError`.
+ * Layout (integers big-endian; str16/str32 = u16/u32 byte length, then UTF-8):
+ *
+ *     HELLO   type=1 | flags u8 (1 hidden, 2 max) | [max u64] | creation str16
+ *             (max: the largest message the sender accepts)
+ *     CALL    type=2 | id u64 | service str16 | fn str16 | args (CBOR array)
+ *     CAST    type=3 | service str16 | fn str16 | args (CBOR array)
+ *     REPLY   type=4 | id u64 | value (CBOR)
+ *     ERROR   type=5 | id u64 | flags u8 (1 stack) | code str16 | message str32 |
+ *             [stack str32] | extra (CBOR map)
+ *     RETIRE  type=6
+ *     BYE     type=7 | reconnect u8 (0 or 1)
+ *
+ * Ids and `max` are at most 2^53-1; service and function names at most 1024 characters. One
+ * encode/decode pair per message type; every decoder checks that a field's bytes are there
+ * before reading it, and refuses unknown flags and bytes after a message that has no value.
  *
  * @module
  */
-import { decode, encode, type TagDecoder, Token, Type } from "cborg";
 import {
   AuthFailedError,
   type AuthFailure,
@@ -29,11 +41,9 @@ import {
   TimeoutError,
   UndefError,
 } from "../errors.ts";
+import { Reader, write, type Writer } from "./cbor.ts";
 
-/** CBOR tag for a JS `Map` (IANA "Map datatype with key-type"). */
-const TAG_MAP = 259;
-
-/** The messages nodes exchange. */
+/** The messages nodes exchange, as `decodeMessage` returns them. */
 export type Message =
   /** First message on every session, both ways: this incarnation of the node. */
   | { type: "hello"; creation: string; hidden: boolean; max?: number }
@@ -43,156 +53,42 @@ export type Message =
   | { type: "cast"; service: string; fn: string; args: Uint8Array }
   /** The value a call returned (CBOR bytes). */
   | { type: "reply"; id: number; value: Uint8Array }
-  /** A call failed: a stable error code, its message, and code-specific details. */
+  /** A call failed: a stable error code, its message, and code-specific details (a CBOR map). */
   | {
     type: "error";
     id: number;
     code: string;
     message: string;
     stack?: string;
-    extra: Record<string, unknown>;
+    extra: Uint8Array;
   }
   /** A duplicate session: the sender sends no new calls on it (it drains, then closes). */
   | { type: "retire" }
   /** The sender is closing this session; `reconnect: false` asks the peer not to reconnect. */
   | { type: "bye"; reconnect: boolean };
 
-class TokenTree {
-  constructor(readonly tokens: unknown[]) {}
+/** An error as it crosses the wire (see {@link errorToWire}). */
+export interface WireError {
+  code: string;
+  message: string;
+  stack?: string;
+  extra: Record<string, unknown>;
 }
 
-class TaggedMap {
-  constructor(readonly map: Map<unknown, unknown>) {}
-}
+const HELLO = 1;
+const CALL = 2;
+const CAST = 3;
+const REPLY = 4;
+const ERROR = 5;
+const RETIRE = 6;
+const BYE = 7;
 
-function describe(value: unknown): string {
-  if (value === null) return "null";
-  if (typeof value !== "object") return typeof value;
-  const proto = Object.getPrototypeOf(value);
-  return proto?.constructor?.name ?? "object";
-}
+const HELLO_HIDDEN = 1;
+const HELLO_MAX = 2;
+const ERROR_STACK = 1;
 
-function toTokens(value: unknown, stack: Set<object>): unknown {
-  switch (typeof value) {
-    case "string":
-      return new Token(Type.string, value);
-    case "boolean":
-      return new Token(value ? Type.true : Type.false, value);
-    case "undefined":
-      return new Token(Type.undefined, undefined);
-    case "number":
-      if (Number.isSafeInteger(value)) {
-        return new Token(value >= 0 ? Type.uint : Type.negint, value);
-      }
-      return new Token(Type.float, value);
-    case "bigint": {
-      const negative = value < 0n;
-      let n = negative ? -1n - value : value;
-      const bytes: number[] = [];
-      while (n > 0n) {
-        bytes.unshift(Number(n & 0xffn));
-        n >>= 8n;
-      }
-      return [new Token(Type.tag, negative ? 3 : 2), new Token(Type.bytes, Uint8Array.from(bytes))];
-    }
-    case "object":
-      break;
-    default:
-      throw new TypeError(`a ${typeof value} cannot be sent`);
-  }
-  if (value === null) return new Token(Type.null, null);
-  if (value instanceof Uint8Array) return new Token(Type.bytes, value);
-  if (ArrayBuffer.isView(value)) {
-    return new Token(
-      Type.bytes,
-      new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
-    );
-  }
-  if (value instanceof ArrayBuffer) return new Token(Type.bytes, new Uint8Array(value));
-  if (stack.has(value)) throw new TypeError("a value that contains itself cannot be sent");
-  stack.add(value);
-  try {
-    if (Array.isArray(value)) {
-      const items: unknown[] = [new Token(Type.array, value.length)];
-      for (let i = 0; i < value.length; i++) items.push(toTokens(value[i], stack));
-      return items;
-    }
-    if (value instanceof Map) {
-      const items: unknown[] = [new Token(Type.tag, TAG_MAP), new Token(Type.map, value.size)];
-      for (const [k, v] of value) items.push(toTokens(k, stack), toTokens(v, stack));
-      return items;
-    }
-    const proto = Object.getPrototypeOf(value);
-    if (proto !== Object.prototype && proto !== null) {
-      throw new TypeError(
-        `a ${describe(value)} cannot be sent; use plain objects, arrays, Maps, strings, `
-          + "numbers, bigints, booleans, null and Uint8Array",
-      );
-    }
-    const keys = Object.keys(value);
-    const items: unknown[] = [new Token(Type.map, keys.length)];
-    for (const k of keys) {
-      items.push(new Token(Type.string, k), toTokens((value as Record<string, unknown>)[k], stack));
-    }
-    return items;
-  } finally {
-    stack.delete(value);
-  }
-}
-
-const ENCODE_OPTIONS = {
-  typeEncoders: {
-    Object: (v: unknown) => v instanceof TokenTree ? v.tokens as Token[] : null,
-  },
-};
-
-function bigFromBytes(inner: unknown): bigint {
-  if (!(inner instanceof Uint8Array)) throw new TypeError("bignum tag without a byte string");
-  let n = 0n;
-  for (const b of inner) n = (n << 8n) | BigInt(b);
-  return n;
-}
-
-const TAGS: TagDecoder[] = [];
-TAGS[2] = bigFromBytes;
-TAGS[3] = (inner: unknown) => -1n - bigFromBytes(inner);
-TAGS[TAG_MAP] = (inner: unknown) => {
-  if (!(inner instanceof Map)) throw new TypeError("tag 259 without a map");
-  return new TaggedMap(inner);
-};
-
-const DECODE_OPTIONS = { useMaps: true, rejectDuplicateMapKeys: true, tags: TAGS };
-
-/** Rebuilds plain objects (untagged CBOR maps with string keys) and Maps (tag 259). */
-function fromWire(value: unknown): unknown {
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) value[i] = fromWire(value[i]);
-    return value;
-  }
-  if (value instanceof TaggedMap) {
-    const out = new Map<unknown, unknown>();
-    for (const [k, v] of value.map) out.set(fromWire(k), fromWire(v));
-    return out;
-  }
-  if (value instanceof Map) {
-    const entries = [...value];
-    if (!entries.every(([k]) => typeof k === "string")) {
-      return new Map(entries.map(([k, v]) => [fromWire(k), fromWire(v)]));
-    }
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of entries) {
-      // defineProperty: a key named "__proto__" must stay data, never a prototype.
-      Object.defineProperty(out, k as string, {
-        value: fromWire(v),
-        enumerable: true,
-        writable: true,
-        configurable: true,
-      });
-    }
-    return out;
-  }
-  return value;
-}
+/** Longest service or function name, in characters. */
+export const MAX_NAME = 1024;
 
 function reason(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
@@ -205,11 +101,8 @@ function reason(err: unknown): string {
  *   ("arguments of SecretService.put").
  */
 export function encodeValue(value: unknown, what = "value"): Uint8Array {
-  try {
-    return encode(new TokenTree([toTokens(value, new Set())]), ENCODE_OPTIONS);
-  } catch (err) {
-    throw new BadArgError(`${what} cannot be encoded: ${reason(err)}`);
-  }
+  // A copy of its own: messages share slabs, a value handed out must not.
+  return write((w) => writeValue(w, value, what)).slice();
 }
 
 /**
@@ -218,92 +111,357 @@ export function encodeValue(value: unknown, what = "value"): Uint8Array {
  * @throws BadArgError when the bytes are not one well-formed CBOR value.
  */
 export function decodeValue(bytes: Uint8Array, what = "value"): unknown {
+  return readValue(bytes, what);
+}
+
+/**
+ * Whose value it was, for an error message: "the reply of S.f on node@host". Callers pass the
+ * words, joined only when something fails (most calls never need them).
+ */
+function whose(what: string, service?: string, fn?: string, rel?: string, node?: string) {
+  if (service === undefined) return what;
+  return `${what} of ${service}.${fn}${rel === undefined ? "" : ` ${rel} ${node}`}`;
+}
+
+function readValue(
+  bytes: Uint8Array,
+  what: string,
+  service?: string,
+  fn?: string,
+  rel?: string,
+  node?: string,
+): unknown {
   try {
-    return fromWire(decode(bytes, DECODE_OPTIONS));
+    return new Reader(bytes).value();
   } catch (err) {
-    throw new BadArgError(`${what} cannot be decoded: ${reason(err)}`);
+    throw new BadArgError(
+      `${whose(what, service, fn, rel, node)} cannot be decoded: ${reason(err)}`,
+    );
   }
 }
 
-/** Encodes a protocol message. */
-export function encodeMessage(message: Message): Uint8Array {
-  return encodeValue(message, `a ${message.type} message`);
+function writeValue(
+  w: Writer,
+  value: unknown,
+  what: string,
+  service?: string,
+  fn?: string,
+  rel?: string,
+  node?: string,
+): void {
+  try {
+    w.value(value);
+  } catch (err) {
+    throw new BadArgError(
+      `${whose(what, service, fn, rel, node)} cannot be encoded: ${reason(err)}`,
+    );
+  }
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Map)
-    && !(v instanceof Uint8Array);
+function checkName(name: string): void {
+  if (name.length > MAX_NAME) {
+    throw new BadArgError(
+      `'${name.slice(0, 40)}…' is ${name.length} characters long; service and function `
+        + `names have at most ${MAX_NAME}`,
+    );
+  }
 }
 
-const isId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
-const isName = (v: unknown): v is string => typeof v === "string" && v.length <= 1024;
+function checkNames(service: string, fn: string): void {
+  checkName(service);
+  checkName(fn);
+}
+
+function checkId(id: number): void {
+  if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`bad message id ${id}`);
+}
+
+// ---- HELLO ---------------------------------------------------------------------------------
+
+function writeHello(w: Writer, creation: string, hidden: boolean, max: number | undefined): void {
+  w.u8(HELLO);
+  w.u8((hidden ? HELLO_HIDDEN : 0) | (max !== undefined ? HELLO_MAX : 0));
+  if (max !== undefined) {
+    if (!Number.isSafeInteger(max) || max < 0) throw new RangeError(`bad hello max ${max}`);
+    w.u64(max);
+  }
+  w.sizedUtf8(creation, 2);
+}
+
+function readHello(r: Reader): Message {
+  const flags = r.u8("hello flags");
+  if (flags & ~(HELLO_HIDDEN | HELLO_MAX)) throw new Error(`hello flags ${flags}`);
+  let max: number | undefined;
+  if (flags & HELLO_MAX) max = r.u64("hello max");
+  const creation = r.sizedUtf8(2, "hello creation");
+  const hidden = (flags & HELLO_HIDDEN) !== 0;
+  return max === undefined
+    ? { type: "hello", creation, hidden }
+    : { type: "hello", creation, hidden, max };
+}
+
+// ---- CALL and CAST -------------------------------------------------------------------------
+
+function writeCallHead(w: Writer, id: number | undefined, service: string, fn: string): void {
+  if (id === undefined) {
+    w.u8(CAST);
+  } else {
+    checkId(id);
+    w.u8(CALL);
+    w.u64(id);
+  }
+  w.sizedUtf8(service, 2);
+  w.sizedUtf8(fn, 2);
+}
+
+function readName(r: Reader, what: string): string {
+  const name = r.sizedUtf8(2, what);
+  if (name.length > MAX_NAME) throw new Error(`${what} is over ${MAX_NAME} characters`);
+  return name;
+}
+
+function readCall(r: Reader, bytes: Uint8Array, withId: boolean): Message {
+  const id = withId ? r.u64("call id") : 0;
+  const service = readName(r, "service name");
+  const fn = readName(r, "function name");
+  const args = bytes.subarray(r.pos);
+  return withId
+    ? { type: "call", id, service, fn, args }
+    : { type: "cast", service, fn, args };
+}
 
 /**
- * Decodes and validates a protocol message.
+ * A call of `service.fn` with `args` (any sendable value, normally an array), encoded into the
+ * message in one go.
+ *
+ * @throws BadArgError for arguments that cannot be encoded or a name over 1024 characters.
+ */
+export function encodeCall(id: number, service: string, fn: string, args: unknown): Uint8Array {
+  checkNames(service, fn);
+  return write((w) => {
+    writeCallHead(w, id, service, fn);
+    writeValue(w, args, "arguments", service, fn);
+  });
+}
+
+/** Like {@link encodeCall}, for a cast. */
+export function encodeCast(service: string, fn: string, args: unknown): Uint8Array {
+  checkNames(service, fn);
+  return write((w) => {
+    writeCallHead(w, undefined, service, fn);
+    writeValue(w, args, "arguments", service, fn);
+  });
+}
+
+/**
+ * The arguments of a call or cast this node (`node`) received.
+ *
+ * @throws BadArgError when they cannot be decoded or are not an array.
+ */
+export function decodeArgs(m: { service: string; fn: string; args: Uint8Array }, node: string) {
+  const args = readValue(m.args, "arguments", m.service, m.fn, "sent to", node);
+  if (!Array.isArray(args)) {
+    throw new BadArgError(`arguments of ${m.service}.${m.fn} must be an array`);
+  }
+  return args as unknown[];
+}
+
+// ---- REPLY ---------------------------------------------------------------------------------
+
+function readReply(r: Reader, bytes: Uint8Array): Message {
+  const id = r.u64("reply id");
+  return { type: "reply", id, value: bytes.subarray(r.pos) };
+}
+
+/**
+ * The reply to call `id` of `service.fn`, served by `node`: `value` encoded into the message in
+ * one go.
+ *
+ * @throws BadArgError for a value that cannot be encoded.
+ */
+export function encodeReply(
+  id: number,
+  value: unknown,
+  service: string,
+  fn: string,
+  node: string,
+): Uint8Array {
+  checkId(id);
+  return write((w) => {
+    w.u8(REPLY);
+    w.u64(id);
+    writeValue(w, value, "the reply", service, fn, "on", node);
+  });
+}
+
+/**
+ * The value of a reply to `service.fn` from `peer`.
+ *
+ * @throws BadArgError when it cannot be decoded.
+ */
+export function decodeReply(value: Uint8Array, service: string, fn: string, peer: string) {
+  return readValue(value, "the reply", service, fn, "from", peer);
+}
+
+// ---- ERROR ---------------------------------------------------------------------------------
+
+function writeErrorHead(w: Writer, id: number, e: Omit<WireError, "extra">): void {
+  checkId(id);
+  w.u8(ERROR);
+  w.u64(id);
+  w.u8(e.stack !== undefined ? ERROR_STACK : 0);
+  w.sizedUtf8(e.code, 2);
+  w.sizedUtf8(e.message, 4);
+  if (e.stack !== undefined) w.sizedUtf8(e.stack, 4);
+}
+
+function readError(r: Reader, bytes: Uint8Array): Message {
+  const id = r.u64("error id");
+  const flags = r.u8("error flags");
+  if (flags & ~ERROR_STACK) throw new Error(`error flags ${flags}`);
+  const code = r.sizedUtf8(2, "error code");
+  const message = r.sizedUtf8(4, "error message");
+  const stack = flags & ERROR_STACK ? r.sizedUtf8(4, "error stack") : undefined;
+  const extra = bytes.subarray(r.pos);
+  return stack === undefined
+    ? { type: "error", id, code, message, extra }
+    : { type: "error", id, code, message, stack, extra };
+}
+
+/** The failure of call `id`, as {@link errorToWire} describes it. */
+export function encodeError(id: number, e: WireError): Uint8Array {
+  return write((w) => {
+    writeErrorHead(w, id, e);
+    writeValue(w, e.extra, "error details");
+  });
+}
+
+/**
+ * The code-specific details of a decoded error message, from `peer` for a call of `service.fn`.
+ *
+ * @throws BadArgError when they are not a CBOR map with string keys.
+ */
+export function decodeErrorExtra(
+  extra: Uint8Array,
+  service: string,
+  fn: string,
+  peer: string,
+): Record<string, unknown> {
+  const v = readValue(extra, "the error details", service, fn, "from", peer);
+  if (
+    typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Map
+    || v instanceof Uint8Array
+  ) {
+    throw new BadArgError(
+      `${whose("the error details", service, fn, "from", peer)} are not a map with string keys`,
+    );
+  }
+  return v as Record<string, unknown>;
+}
+
+// ---- RETIRE and BYE ------------------------------------------------------------------------
+
+function readBye(r: Reader): Message {
+  const b = r.u8("bye reconnect");
+  if (b > 1) throw new Error(`bye reconnect ${b}`);
+  return { type: "bye", reconnect: b === 1 };
+}
+
+// ---- any message ---------------------------------------------------------------------------
+
+/**
+ * Encodes a protocol message whose value (call args, reply value, error extra) is already CBOR.
+ * Connections use {@link encodeCall}, {@link encodeReply} and friends, which encode the value
+ * in place instead.
+ */
+export function encodeMessage(m: Message): Uint8Array {
+  return write((w) => {
+    switch (m.type) {
+      case "hello":
+        return writeHello(w, m.creation, m.hidden, m.max);
+      case "call":
+      case "cast":
+        checkNames(m.service, m.fn);
+        writeCallHead(w, m.type === "call" ? m.id : undefined, m.service, m.fn);
+        return w.raw(m.args);
+      case "reply":
+        checkId(m.id);
+        w.u8(REPLY);
+        w.u64(m.id);
+        return w.raw(m.value);
+      case "error":
+        writeErrorHead(w, m.id, m);
+        return w.raw(m.extra);
+      case "retire":
+        return w.u8(RETIRE);
+      case "bye":
+        w.u8(BYE);
+        return w.u8(m.reconnect ? 1 : 0);
+    }
+  });
+}
+
+/** Encodes the hello this node sends first on every session. */
+export function encodeHello(
+  creation: string,
+  hidden: boolean,
+  max: number | undefined,
+): Uint8Array {
+  return write((w) => writeHello(w, creation, hidden, max));
+}
+
+function describeType(t: number): string {
+  // An older nodectl sent every message as one CBOR map (0xa0-0xbf).
+  return t >= 0xa0 && t <= 0xbf
+    ? `unknown type 0x${t.toString(16)} (a CBOR map: the peer runs an older nodectl; `
+      + "run the same release on both nodes)"
+    : `unknown type ${t}`;
+}
+
+function readMessage(r: Reader, bytes: Uint8Array): Message {
+  const type = r.u8("message type");
+  let m: Message;
+  switch (type) {
+    case HELLO:
+      m = readHello(r);
+      break;
+    case CALL:
+      return readCall(r, bytes, true);
+    case CAST:
+      return readCall(r, bytes, false);
+    case REPLY:
+      return readReply(r, bytes);
+    case ERROR:
+      return readError(r, bytes);
+    case RETIRE:
+      m = { type: "retire" };
+      break;
+    case BYE:
+      m = readBye(r);
+      break;
+    default:
+      throw new Error(describeType(type));
+  }
+  if (r.left !== 0) throw new Error(`${r.left} bytes after a ${m.type} message`);
+  return m;
+}
+
+/**
+ * Decodes a protocol message. Values (call args, reply values, error details) are views of
+ * `bytes`, not copies: decode them before `bytes` may change.
  *
  * @throws ProtocolError for anything that is not a well-formed message.
  */
 export function decodeMessage(bytes: Uint8Array): Message {
-  let m: unknown;
   try {
-    m = decodeValue(bytes, "message");
+    return readMessage(new Reader(bytes), bytes);
   } catch (err) {
     throw new ProtocolError(`malformed message from peer: ${reason(err)}`);
-  }
-  const bad = (why: string) => new ProtocolError(`malformed message from peer: ${why}`);
-  if (!isObject(m)) throw bad("not a map");
-  switch (m.type) {
-    case "hello":
-      if (typeof m.creation !== "string" || typeof m.hidden !== "boolean") throw bad("hello");
-      if (m.max !== undefined && !(isId(m.max) && m.max > 0)) throw bad("hello max");
-      return {
-        type: "hello",
-        creation: m.creation,
-        hidden: m.hidden,
-        ...(m.max !== undefined ? { max: m.max as number } : {}),
-      };
-    case "call":
-      if (
-        !isId(m.id) || !isName(m.service) || !isName(m.fn) || !(m.args instanceof Uint8Array)
-      ) throw bad("call");
-      return { type: "call", id: m.id, service: m.service, fn: m.fn, args: m.args };
-    case "cast":
-      if (!isName(m.service) || !isName(m.fn) || !(m.args instanceof Uint8Array)) {
-        throw bad("cast");
-      }
-      return { type: "cast", service: m.service, fn: m.fn, args: m.args };
-    case "reply":
-      if (!isId(m.id) || !(m.value instanceof Uint8Array)) throw bad("reply");
-      return { type: "reply", id: m.id, value: m.value };
-    case "error": {
-      if (
-        !isId(m.id) || typeof m.code !== "string" || typeof m.message !== "string"
-        || !(m.stack === undefined || typeof m.stack === "string") || !isObject(m.extra)
-      ) throw bad("error");
-      const e: Message = {
-        type: "error",
-        id: m.id,
-        code: m.code,
-        message: m.message,
-        extra: m.extra,
-      };
-      if (typeof m.stack === "string") e.stack = m.stack;
-      return e;
-    }
-    case "retire":
-      return { type: "retire" };
-    case "bye":
-      if (typeof m.reconnect !== "boolean") throw bad("bye");
-      return { type: "bye", reconnect: m.reconnect };
-    default:
-      throw bad(`unknown type ${JSON.stringify(String(m.type)).slice(0, 40)}`);
   }
 }
 
 /** The wire form of an error: its code, message, stack (remote errors only) and details. */
-export function errorToWire(
-  err: unknown,
-): { code: string; message: string; stack?: string; extra: Record<string, unknown> } {
+export function errorToWire(err: unknown): WireError {
   if (err instanceof NodectlError) {
     const extra: Record<string, unknown> = {};
     if (err instanceof NoProcError) {
@@ -316,7 +474,7 @@ export function errorToWire(
       extra.reason = err.reason;
       extra.refusedBy = err.refusedBy;
     }
-    const out: { code: string; message: string; stack?: string; extra: Record<string, unknown> } = {
+    const out: WireError = {
       code: err.code,
       message: err.message,
       extra,
@@ -325,7 +483,7 @@ export function errorToWire(
     return out;
   }
   const e = err instanceof Error ? err : new Error(String(err));
-  const out: { code: string; message: string; stack?: string; extra: Record<string, unknown> } = {
+  const out: WireError = {
     code: "remote_error",
     message: `${e.name}: ${e.message}`,
     extra: {},
@@ -337,9 +495,7 @@ export function errorToWire(
 const str = (v: unknown, fallback = ""): string => typeof v === "string" ? v : fallback;
 
 /** Rebuilds the local error class for a wire error; unknown codes become RemoteError. */
-export function errorFromWire(
-  wire: { code: string; message: string; stack?: string; extra: Record<string, unknown> },
-): NodectlError {
+export function errorFromWire(wire: WireError): NodectlError {
   const { message, extra } = wire;
   switch (wire.code as ErrorCode) {
     case "noproc":

@@ -120,6 +120,15 @@ export class ServiceRegistry {
     args: unknown[],
     caller: PeerInfo | "local",
   ): Promise<unknown> {
+    return await this.run(serviceName, fn, args, caller);
+  }
+
+  /**
+   * Like {@link invoke}, but returns what the function returned as it is: a plain value at
+   * once, a promise (rejecting as `invoke` would) for an async function. Synchronous failures
+   * throw.
+   */
+  run(serviceName: string, fn: string, args: unknown[], caller: PeerInfo | "local"): unknown {
     const service = this.#services.get(serviceName);
     if (!service) {
       const available = this.visibleTo(caller);
@@ -144,17 +153,31 @@ export class ServiceRegistry {
           + "not in its allowlist",
       );
     }
+    let result: unknown;
     try {
-      return await f({ caller }, ...args);
+      result = f({ caller }, ...args);
     } catch (err) {
-      if (err instanceof NodectlError) throw err;
-      const e = err instanceof Error ? err : new Error(String(err));
-      const remote = new RemoteError(
-        `${serviceName}.${fn} on ${this.nodeName} threw ${e.name}: ${e.message}`,
-        ...(e.stack !== undefined ? [e.stack] : []),
-      );
-      remote.cause = err;
-      throw remote;
+      throw this.#failure(serviceName, fn, err);
     }
+    if (
+      (typeof result === "object" || typeof result === "function") && result !== null
+      && typeof (result as { then?: unknown }).then === "function"
+    ) {
+      return Promise.resolve(result).then(undefined, (err) => {
+        throw this.#failure(serviceName, fn, err);
+      });
+    }
+    return result;
+  }
+
+  #failure(serviceName: string, fn: string, err: unknown): NodectlError {
+    if (err instanceof NodectlError) return err;
+    const e = err instanceof Error ? err : new Error(String(err));
+    const remote = new RemoteError(
+      `${serviceName}.${fn} on ${this.nodeName} threw ${e.name}: ${e.message}`,
+      ...(e.stack !== undefined ? [e.stack] : []),
+    );
+    remote.cause = err;
+    return remote;
   }
 }

@@ -57,7 +57,9 @@ Deno.test("a frozen peer is declared nodedown within the dead-peer timeout, and 
       // Window: the timeout itself plus one keepalive interval of slack for timer granularity.
       assert(
         noticedMs <= timeoutMs + timeoutMs / 4 + 1000,
-        `noticed after ${noticedMs.toFixed(0)} ms:\n${pub.process.lines.map((l) => l.text).join("\n")}`,
+        `noticed after ${noticedMs.toFixed(0)} ms:\n${
+          pub.process.lines.map((l) => l.text).join("\n")
+        }`,
       );
       assert(noticedMs >= timeoutMs * 0.5, `declared down too early (${noticedMs.toFixed(0)} ms)`);
       assertMatch(down[0]!, /nodedown/);

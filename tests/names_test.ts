@@ -43,6 +43,25 @@ Deno.test("parseNodeName() reads name@host, name@host:port and IP literals", () 
   assertEquals(parseNodeName("p@host.example.").host, "host.example.");
 });
 
+Deno.test("parseNodeName() gives the same frozen result for a name it has seen", () => {
+  const first = parseNodeName("cached@kyon.pl:4371");
+  assert(Object.isFrozen(first));
+  assertEquals(parseNodeName("cached@kyon.pl:4371"), first);
+  assert(parseNodeName("cached@kyon.pl:4371") === first, "the remembered result");
+  assertEquals(parseNodeName("cached@kyon.pl"), {
+    name: "cached@kyon.pl",
+    alive: "cached",
+    host: "kyon.pl",
+  });
+  // A bad name is refused every time, not remembered.
+  for (let i = 0; i < 2; i++) {
+    assertThrows(() => parseNodeName("bad name@x"), ConfigError, "whitespace");
+  }
+  // Many distinct names: still parsed right once the memory is full and starts over.
+  for (let i = 0; i < 3000; i++) assertEquals(parseNodeName(`n${i}@h`).alive, `n${i}`);
+  assertEquals(parseNodeName("cached@kyon.pl:4371"), first);
+});
+
 Deno.test("parseNodeName() reads IPv6 literals bare or bracketed, with a port only in brackets", () => {
   assertEquals(parseNodeName("p@[::1]:4371"), {
     name: "p@[::1]",

@@ -1,3 +1,4 @@
+import { decode as cborgDecode, encode as cborgEncode, type TagDecoder } from "cborg";
 import { hostname } from "node:os";
 import {
   AuthFailedError,
@@ -12,16 +13,24 @@ import {
   TimeoutError,
   UndefError,
 } from "../errors.ts";
+import { Deadlines, timed } from "../node/deadlines.ts";
 import type { NodeEvent } from "../node/monitor.ts";
 import { parseNodeName } from "../node/names.ts";
 import { Node, type NodeOptions } from "../node/node.ts";
 import {
+  decodeErrorExtra,
   decodeMessage,
   decodeValue,
+  encodeCall,
+  encodeCast,
+  encodeError,
+  encodeHello,
   encodeMessage,
+  encodeReply,
   encodeValue,
   errorFromWire,
   errorToWire,
+  type Message,
 } from "../node/protocol.ts";
 import type { CallContext } from "../node/services.ts";
 import { derivePsk } from "../transport/cookie.ts";
@@ -303,6 +312,32 @@ test("a remote function that throws gives RemoteError with its message and remot
     "threw Error: a string",
   );
   await assertRejects(() => priv.call("SecretService", "fail"), RemoteError, "threw TypeError");
+});
+
+test("a function's value, promise or thenable is the reply, in process or remote", async (c) => {
+  const priv = await c.start(PRIVATE);
+  priv.register("S", {
+    functions: {
+      value: () => "v",
+      promise: async () => await Promise.resolve("p"),
+      thenable: () => ({ then: (resolve: (v: unknown) => void) => resolve("t") }),
+      none: () => {},
+      rejectsLater: () => ({ then: (_: unknown, reject: (e: unknown) => void) => reject("later") }),
+    },
+  });
+  const pub = await c.start(PUBLIC);
+  for (const caller of [priv, pub]) {
+    const node = PRIVATE;
+    assertEquals(await caller.call("S", "value", [], { node }), "v");
+    assertEquals(await caller.call("S", "promise", [], { node }), "p");
+    assertEquals(await caller.call("S", "thenable", [], { node }), "t");
+    assertEquals(await caller.call("S", "none", [], { node }), undefined);
+    await assertRejects(
+      () => caller.call("S", "rejectsLater", [], { node }),
+      RemoteError,
+      "S.rejectsLater on private@hosta threw Error: later",
+    );
+  }
 });
 
 test("error codes cross the wire and become the same class", async (c) => {
@@ -830,6 +865,353 @@ Deno.test("malformed protocol messages are ProtocolErrors", () => {
   ) {
     assertThrows(() => decodeMessage(bad), ProtocolError, "malformed message from peer");
   }
+});
+
+// ---- the message codec --------------------------------------------------------------------------
+
+const MESSAGES: Message[] = [
+  { type: "hello", creation: "0123456789abcdef", hidden: false },
+  { type: "hello", creation: "c", hidden: true, max: 2 ** 32 - 1 },
+  { type: "hello", creation: "", hidden: false, max: 0 },
+  { type: "call", id: 1, service: "SecretService", fn: "get_data", args: encodeValue([]) },
+  { type: "call", id: 2 ** 53 - 1, service: "Ünïcødé", fn: "ƒ✓", args: encodeValue([1n, "x"]) },
+  { type: "cast", service: "S", fn: "note", args: encodeValue([{ a: 1 }]) },
+  { type: "reply", id: 7, value: encodeValue(new Uint8Array(3000).fill(9)) },
+  { type: "reply", id: 0, value: new Uint8Array(0) },
+  {
+    type: "error",
+    id: 9,
+    code: "remote_error",
+    message: "S.f on a@b threw Error: boom",
+    stack: "Error: boom\n    at f",
+    extra: encodeValue({}),
+  },
+  {
+    type: "error",
+    id: 10,
+    code: "noproc",
+    message: "no service X",
+    extra: encodeValue({ node: "a@b", service: "X", available: ["A"] }),
+  },
+  { type: "retire" },
+  { type: "bye", reconnect: true },
+  { type: "bye", reconnect: false },
+];
+
+/** Bytes before the value of a message that carries one; undefined for one that does not. */
+function headerLength(m: Message, bytes: Uint8Array): number | undefined {
+  switch (m.type) {
+    case "call":
+    case "cast":
+      return bytes.length - m.args.length;
+    case "reply":
+      return bytes.length - m.value.length;
+    case "error":
+      return bytes.length - m.extra.length;
+    default:
+      return undefined;
+  }
+}
+
+Deno.test("every message type round-trips through the message codec", () => {
+  for (const m of MESSAGES) assertEquals(decodeMessage(encodeMessage(m)), m);
+  // The encoders that take values write the same bytes as encoding the value separately.
+  const args = [SAMPLE, "x"];
+  assertEquals(
+    encodeCall(5, "S", "f", args),
+    encodeMessage({ type: "call", id: 5, service: "S", fn: "f", args: encodeValue(args) }),
+  );
+  assertEquals(
+    encodeCast("S", "f", args),
+    encodeMessage({ type: "cast", service: "S", fn: "f", args: encodeValue(args) }),
+  );
+  assertEquals(
+    encodeReply(6, SAMPLE, "S", "f", "a@b"),
+    encodeMessage({ type: "reply", id: 6, value: encodeValue(SAMPLE) }),
+  );
+  const wire = errorToWire(new NoProcError("none", "a@b", "X", ["A"]));
+  const error = decodeMessage(encodeError(8, wire));
+  assert(error.type === "error");
+  assertEquals(decodeErrorExtra(error.extra, "S", "f", "a@b"), wire.extra);
+  assertEquals(
+    decodeMessage(encodeHello("c1", true, 1024)),
+    { type: "hello", creation: "c1", hidden: true, max: 1024 },
+  );
+  assertEquals(decodeMessage(encodeHello("c1", false, undefined)), {
+    type: "hello",
+    creation: "c1",
+    hidden: false,
+  });
+});
+
+Deno.test("a message cut short in its header, or with bytes after it, is a ProtocolError", () => {
+  for (const m of MESSAGES) {
+    const bytes = encodeMessage(m);
+    const header = headerLength(m, bytes);
+    for (let cut = 0; cut < (header ?? bytes.length); cut++) {
+      assertThrows(
+        () => decodeMessage(bytes.subarray(0, cut)),
+        ProtocolError,
+        "malformed message from peer",
+      );
+    }
+    if (header === undefined) {
+      const longer = new Uint8Array([...bytes, 0]);
+      assertThrows(() => decodeMessage(longer), ProtocolError, `1 bytes after a ${m.type}`);
+    }
+  }
+});
+
+Deno.test("a length field that runs past the end of the message is a ProtocolError", () => {
+  const call = encodeMessage({ type: "call", id: 1, service: "S", fn: "f", args: encodeValue([]) });
+  const service = call.slice();
+  new DataView(service.buffer).setUint16(9, 0xffff); // after type and id
+  assertThrows(() => decodeMessage(service), ProtocolError, "service name needs 65535 bytes");
+  const fn = call.slice();
+  new DataView(fn.buffer).setUint16(12, 500);
+  assertThrows(() => decodeMessage(fn), ProtocolError, "function name needs 500 bytes");
+  const error = encodeMessage({
+    type: "error",
+    id: 1,
+    code: "badarg",
+    message: "m",
+    extra: encodeValue({}),
+  });
+  const message = error.slice();
+  new DataView(message.buffer).setUint32(10 + 2 + 6, 0xffffffff); // type, id, flags, code
+  assertThrows(() => decodeMessage(message), ProtocolError, "error message needs 4294967295");
+  const hello = encodeMessage({ type: "hello", creation: "abc", hidden: false });
+  hello[3] = 4; // creation length 4, 3 bytes there
+  assertThrows(() => decodeMessage(hello), ProtocolError, "hello creation needs 4 bytes, 3 left");
+});
+
+Deno.test("unknown message types and flags, and out-of-range fields, are ProtocolErrors", () => {
+  const bad: [number[] | Uint8Array, string][] = [
+    [[], "message type needs 1 bytes, 0 left"],
+    [[0], "unknown type 0"],
+    [[8], "unknown type 8"],
+    [[0xff], "unknown type 255"],
+    [encodeValue({ type: "hello" }), "the peer runs an older nodectl"],
+    [[1, 4, 0, 0], "hello flags 4"],
+    [[5, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0xa0], "error flags 2"],
+    [[7, 2], "bye reconnect 2"],
+    [[4, 0, 0x20, 0, 0, 0, 0, 0, 0, 0xf6], "reply id is over 2^53-1"],
+    [[3, 0, 2, 0xc3, 0x28, 0, 1, 0x66, 0x80], "service name is not valid UTF-8"],
+  ];
+  for (const [bytes, why] of bad) {
+    assertThrows(() => decodeMessage(new Uint8Array(bytes)), ProtocolError, why);
+  }
+  const long = "x".repeat(1025);
+  const tooLong = new Uint8Array([
+    3,
+    0,
+    0,
+    1025 >> 8,
+    1025 & 0xff,
+    ...new TextEncoder().encode(long),
+  ]);
+  assertThrows(() => decodeMessage(tooLong), ProtocolError, "function name is over 1024");
+  assertThrows(() => encodeCall(1, "S", long, []), BadArgError, "at most 1024");
+});
+
+Deno.test("the value codec refuses malformed CBOR with BadArgError, allocating nothing first", () => {
+  const bad: [number[], string][] = [
+    [[], "ends early"],
+    [[0x9f, 0x01, 0xff], "indefinite-length"],
+    [[0x01, 0x02], "1 bytes after the end of the value"],
+    [[0xa2, 0x61, 0x61, 0x01, 0x61, 0x61, 0x02], "duplicate map key"],
+    [[0xd9, 0x01, 0x03, 0xa2, 0x01, 0x01, 0x01, 0x02], "duplicate map key"],
+    [[0x5a, 0xff, 0xff, 0xff, 0xff, 0x00], "runs past the end"],
+    [[0x9b, 0, 0, 0, 1, 0, 0, 0, 0, 0x01], "runs past the end"],
+    [[0xbb, 0, 0, 0, 0, 0x80, 0, 0, 0, 0x01, 0x01], "runs past the end"],
+    [[0x62, 0xc3, 0x28], "not valid UTF-8"],
+    [[0xc2, 0x61, 0x61], "bignum tag without a byte string"],
+    [[0xd9, 0x01, 0x03, 0x80], "tag 259 without a map"],
+    [[0xd8, 0x63, 0x01], "tag 99 is not supported"],
+    [[0xf0], "simple value 16"],
+    [[0x1c], "reserved additional information 28"],
+    [[0xfb, 0, 0], "a float64 needs 8 bytes"],
+    [[0x81], "runs past the end"],
+    [[0xa1, 0x61, 0x61], "ends early"],
+  ];
+  for (const [bytes, why] of bad) {
+    assertThrows(() => decodeValue(new Uint8Array(bytes), "v"), BadArgError, why);
+  }
+  // Nested past what the stack allows: a BadArgError, not a crash.
+  const deep = new Uint8Array(200_001).fill(0x81);
+  deep[200_000] = 0;
+  assertThrows(() => decodeValue(deep, "deep"), BadArgError, "deep cannot be decoded");
+});
+
+Deno.test("the value codec writes and reads standard CBOR: cborg agrees", () => {
+  const TAGS: TagDecoder[] = [];
+  TAGS[2] = (b: Uint8Array) =>
+    BigInt("0x0" + [...b].map((x) => x.toString(16).padStart(2, "0")).join(""));
+  TAGS[3] = (b: Uint8Array) => -1n - TAGS[2]!(b);
+  TAGS[259] = (m: unknown) => m;
+  const plain = {
+    a: [1, -1, 23, 24, 255, 256, 65535, 65536, 2 ** 32, -(2 ** 40), 0.5, 1.1, -2.5e300],
+    s: ["", "ascii", "ß✓ 😀", "x".repeat(100)],
+    b: new Uint8Array([1, 2, 3]),
+    n: [null, true, false],
+    big: [0n, 255n, 2n ** 64n, -(2n ** 70n)],
+  };
+  assertEquals(cborgDecode(encodeValue(plain), { tags: TAGS }), plain);
+  const map = new Map<unknown, unknown>([[1, "one"], ["k", [2]]]);
+  assertEquals(cborgDecode(encodeValue(map), { tags: TAGS, useMaps: true }), map);
+  // And what cborg writes (half floats, its own integer forms) reads back.
+  const mixed = { f: [0.5, 1.5, 65504, -0.0000610351562, 1e-7, 1.1], i: [0, -24, 2 ** 53 - 1] };
+  assertEquals(decodeValue(cborgEncode(mixed)), mixed);
+  assertEquals(decodeValue(new Uint8Array([0xf9, 0x7c, 0x00])), Infinity);
+  assert(Number.isNaN(decodeValue(new Uint8Array([0xf9, 0x7e, 0x00]))));
+  assertEquals(decodeValue(new Uint8Array([0x1b, 0, 0x20, 0, 0, 0, 0, 0, 0])), 2n ** 53n);
+  assertEquals(decodeValue(new Uint8Array([0x3b, 0, 0x20, 0, 0, 0, 0, 0, 0])), -(2n ** 53n) - 1n);
+});
+
+Deno.test("the value codec copies: decoded bytes share nothing with the message or the input", () => {
+  const blob = new Uint8Array(5000).fill(1);
+  const small = new Uint8Array([1, 2]);
+  const value = { blob, nested: [[small, blob]] };
+  const bytes = encodeValue(value);
+  blob.fill(2); // the encoded message is a copy
+  small[0] = 9;
+  const back = decodeValue(bytes) as { blob: Uint8Array; nested: Uint8Array[][] };
+  assertEquals(back.blob, new Uint8Array(5000).fill(1));
+  assertEquals(back.nested[0]![0], new Uint8Array([1, 2]));
+  bytes.fill(0); // and decoded values are copies of the message
+  assertEquals(back.nested[0]![1], new Uint8Array(5000).fill(1));
+  assertEquals(back.blob.byteLength, back.blob.buffer.byteLength);
+});
+
+Deno.test("an encoded message stays intact while many more, small and large, are encoded", () => {
+  const first = encodeCall(1, "S", "f", ["first", 1n, new Uint8Array([1, 2, 3])]);
+  const copy = first.slice();
+  const big = "x".repeat(100_000);
+  for (let i = 0; i < 5000; i++) {
+    const m = i % 500 === 0
+      ? encodeReply(i, [big, new Uint8Array(5000).fill(i & 0xff)], "S", "f", "n@h")
+      : encodeCall(i, "S", "f", [i, "y".repeat(i % 300)]);
+    if (i % 500 === 0) {
+      const back = decodeMessage(m);
+      assert(back.type === "reply");
+      assertEquals(decodeValue(back.value), [big, new Uint8Array(5000).fill(i & 0xff)]);
+    }
+  }
+  assertEquals(first, copy);
+  const failed = () => encodeCall(2, "S", "f", [new Date()]);
+  assertThrows(failed, BadArgError, "arguments of S.f cannot be encoded");
+  assertEquals(first, copy);
+  assertEquals(decodeValue(encodeValue("x")), "x");
+  const value = encodeValue({ a: 1 });
+  assertEquals(value.byteLength, value.buffer.byteLength); // a value handed out is its own
+});
+
+Deno.test("shared parts and deep values encode; a cycle at any depth is refused", () => {
+  const shared = { x: 1 };
+  assertEquals(decodeValue(encodeValue([shared, shared, { shared }])), [shared, shared, {
+    shared,
+  }]);
+  let deep: unknown = "bottom";
+  for (let i = 0; i < 1000; i++) deep = i % 2 ? [deep] : { d: deep };
+  assertEquals(decodeValue(encodeValue(deep)), deep);
+  for (const depth of [0, 5, 31, 32, 33, 200]) {
+    const top: Record<string, unknown> = {};
+    let at = top;
+    for (let i = 0; i < depth; i++) at = (at.next = {}) as Record<string, unknown>;
+    at.back = new Map([[1, [top]]]);
+    assertThrows(() => encodeValue(top), BadArgError, "contains itself");
+  }
+  // A getter that sends while its own object is being encoded does not disturb it.
+  const tricky = {
+    get inner() {
+      return decodeValue(encodeValue({ nested: [1, 2, 3] }));
+    },
+    after: "x".repeat(50),
+  };
+  assertEquals(decodeValue(encodeValue(tricky)), {
+    inner: { nested: [1, 2, 3] },
+    after: "x".repeat(50),
+  });
+});
+
+test("a reply or error details that cannot be decoded fail only that call, with BadArgError", async (c) => {
+  const priv = await c.start(PRIVATE);
+  const raw = await c.net.endpoint("raw@hostr").connect({ host: "hosta", port: 4370 }, {
+    expectedName: PRIVATE,
+  });
+  const it = raw[Symbol.asyncIterator]();
+  await raw.send(encodeMessage({ type: "hello", creation: "r1", hidden: false }));
+  assertEquals(decodeMessage((await it.next()).value).type, "hello");
+  await until(() => priv.nodes().includes("raw@hostr"), "the raw peer to be up");
+  const answers: Uint8Array[] = [
+    new Uint8Array([0xff]),
+    encodeValue([1]),
+    encodeValue("fine"),
+  ];
+  const calls = answers.map((_, i) => priv.call("X", `f${i}`, [], { node: "raw@hostr" }));
+  for (const [i, answer] of answers.entries()) {
+    const call = decodeMessage((await it.next()).value);
+    assert(call.type === "call" && call.fn === `f${i}`, call.type);
+    await raw.send(
+      i === 1
+        ? encodeMessage({ type: "error", id: call.id, code: "undef", message: "no", extra: answer })
+        : encodeMessage({ type: "reply", id: call.id, value: answer }),
+    );
+  }
+  await assertRejects(
+    () => calls[0]!,
+    BadArgError,
+    "the reply of X.f0 from raw@hostr cannot be decoded",
+  );
+  await assertRejects(
+    () => calls[1]!,
+    BadArgError,
+    "the error details of X.f1 from raw@hostr are not a map",
+  );
+  assertEquals(await calls[2], "fine");
+  assertEquals(priv.nodes(), ["raw@hostr"]);
+  await raw.close();
+});
+
+test("a name over 1024 characters fails that call with BadArgError; the session stays up", async (c) => {
+  const priv = await privateNode(c);
+  const pub = await c.start(PUBLIC);
+  assertEquals(await pub.call("SecretService", "get_data", [], { node: PRIVATE }), "secret data");
+  await assertRejects(
+    () => pub.call("SecretService", "f".repeat(1025), [], { node: PRIVATE }),
+    BadArgError,
+    "at most 1024",
+  );
+  assertEquals(await pub.call("SecretService", "get_data", [], { node: PRIVATE }), "secret data");
+  assertEquals(priv.nodes(), [PUBLIC]);
+});
+
+Deno.test("deadlines fire once, never early, and not at all once removed", async () => {
+  const fired: number[] = [];
+  const due = new Map<number, number>();
+  const list = new Deadlines();
+  const removed = timed(() => fired.push(-1));
+  list.add(removed, 5);
+  for (const ms of [30, 1, 12, 0, 7]) {
+    due.set(ms, performance.now() + ms);
+    list.add(timed(() => fired.push(ms)), ms);
+  }
+  list.remove(removed);
+  list.remove(removed); // twice is harmless
+  // Many in one slot, every other one removed; one removed and filed again.
+  const crowd = Array.from({ length: 100 }, (_, i) => timed(() => fired.push(100 + i)));
+  for (const t of crowd) list.add(t, 3);
+  for (let i = 0; i < 100; i += 2) list.remove(crowd[i]!);
+  list.remove(crowd[1]!);
+  list.add(crowd[1]!, 9);
+  assertEquals(list.size, 55);
+  await until(() => fired.length === 55, "every deadline to fire");
+  assertEquals(
+    [...fired].sort((a, b) => a - b),
+    [0, 1, 7, 12, 30, ...Array.from({ length: 50 }, (_, i) => 101 + 2 * i)],
+  );
+  assertEquals(list.size, 0);
+  for (const [ms, at] of due) assert(performance.now() >= at, `${ms} ms fired early`);
 });
 
 // ---- casts, hidden nodes, lifecycle ----------------------------------------------------------

@@ -3,13 +3,20 @@
  * rekeying, low-order keys, wiping and replay.
  */
 import {
+  aeadDecrypt,
   aeadEncrypt,
+  aeadEncryptParts,
   dh,
   dhOperations,
   generateKeyPair,
+  hkdf,
+  hmac,
+  hmacByHand,
+  hmacNative,
   keyPairFromPrivate,
   publicKeyFingerprint,
   randomBytes,
+  wipe,
 } from "../transport/crypto.ts";
 import {
   DecryptError,
@@ -396,4 +403,103 @@ Deno.test("dhOperations() counts X25519 computations, failed ones included", () 
   dh(a.privateKey, generateKeyPair().publicKey);
   assertThrows(() => dh(a.privateKey, new Uint8Array(32)), InvalidDhError);
   assertEquals(dhOperations() - before, 2);
+});
+
+function joined(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+Deno.test("aeadEncryptParts() equals aeadEncrypt() of the joined parts, with and without ad", () => {
+  const key = randomBytes(32);
+  const plain = randomBytes(70_000).subarray(0, 65_519);
+  const splits = [[], [0], [12], [12, 12, 4000], [65_519]];
+  for (const ad of [EMPTY, text("associated")]) {
+    for (const cuts of splits) {
+      const parts: Uint8Array[] = [];
+      let at = 0;
+      for (const cut of [...cuts, plain.length]) {
+        parts.push(plain.subarray(at, cut));
+        at = cut;
+      }
+      const pieces = aeadEncryptParts(key, 42n, ad, parts);
+      const whole = aeadEncrypt(key, 42n, ad, plain);
+      assertEquals(joined(pieces), whole, `cuts ${cuts}`);
+      assertEquals(pieces.at(-1)!.length, 16, "the tag comes last, on its own");
+      assertEquals(aeadDecrypt(key, 42n, ad, whole), plain);
+    }
+  }
+  assertEquals(joined(aeadEncryptParts(key, 1n, EMPTY, [])), aeadEncrypt(key, 1n, EMPTY, EMPTY));
+});
+
+Deno.test("encryptPartsWithAd() is encryptWithAd() of the joined parts and advances the nonce", () => {
+  const key = randomBytes(32);
+  const [a, b] = [new CipherState(), new CipherState()];
+  a.initializeKey(key);
+  b.initializeKey(key);
+  const parts = [text("frame one|"), randomBytes(5000), text("|three")];
+  const sealed = joined(a.encryptPartsWithAd(text("ad"), parts));
+  assertEquals(a.nonce, 1n);
+  assertEquals(b.decryptWithAd(text("ad"), sealed), joined(parts));
+  a.setNonce(MAX_NONCE);
+  assertThrows(() => a.encryptPartsWithAd(EMPTY, parts), NonceExhaustedError);
+  a.wipe();
+  assertThrows(() => a.encryptPartsWithAd(EMPTY, parts), HandshakeStateError, "wiped");
+  const keyless = new CipherState();
+  keyless.initializeKey(undefined);
+  assertEquals(keyless.encryptPartsWithAd(EMPTY, parts), [joined(parts)]);
+});
+
+Deno.test("HMAC by hand (RFC 2104 over BLAKE2s) equals node:crypto's createHmac", () => {
+  for (const keyLength of [0, 1, 31, 32, 63, 64, 65, 200]) {
+    const key = randomBytes(keyLength);
+    const keyCopy = key.slice();
+    const message = randomBytes(150);
+    const native = hmacNative(key, [message]);
+    assertEquals(native.length, 32);
+    assertEquals(hmacByHand(key, [message]), native, `key of ${keyLength} bytes`);
+    assertEquals(hmacByHand(key, [message.subarray(0, 7), EMPTY, message.subarray(7)]), native);
+    assertEquals(hmac(key, message.subarray(0, 100), message.subarray(100)), native);
+    assertEquals(key, keyCopy, "the key is left as it was");
+  }
+  const [ck, ikm] = [randomBytes(32), randomBytes(32)];
+  const temp = hmacNative(ck, [ikm]);
+  const out1 = hmacNative(temp, [Uint8Array.of(1)]);
+  const out2 = hmacNative(temp, [out1, Uint8Array.of(2)]);
+  assertEquals(hkdf(ck, ikm, 2), [out1, out2]);
+});
+
+Deno.test("generateKeyPair() gives raw halves that match, and dh() agrees with imported keys", () => {
+  const a = generateKeyPair();
+  const b = generateKeyPair();
+  assertEquals([a.publicKey.length, a.privateKey.length], [32, 32]);
+  assertEquals(keyPairFromPrivate(a.privateKey).publicKey, a.publicKey);
+  assertNotEquals(a.privateKey, b.privateKey);
+  const shared = dh(a.privateKey, b.publicKey);
+  assertEquals(dh(b.privateKey, a.publicKey), shared);
+  // The same bytes in fresh arrays (no cached key objects) give the same secret.
+  assertEquals(dh(new Uint8Array(a.privateKey), new Uint8Array(b.publicKey)), shared);
+  assertEquals(dh(keyPairFromPrivate(a.privateKey).privateKey, b.publicKey), shared);
+});
+
+Deno.test("dh() notices a key array changed in place and does not reuse its cached key object", () => {
+  const a = generateKeyPair();
+  const b = generateKeyPair();
+  const c = generateKeyPair();
+  const peer = new Uint8Array(b.publicKey);
+  const withB = dh(a.privateKey, peer);
+  peer.set(c.publicKey); // same array, other key
+  assertEquals(dh(a.privateKey, peer), dh(c.privateKey, a.publicKey));
+  assertNotEquals(dh(a.privateKey, peer), withB);
+  const mine = new Uint8Array(a.privateKey);
+  assertEquals(dh(mine, b.publicKey), withB);
+  mine.set(c.privateKey); // same array, other private key
+  assertEquals(dh(mine, b.publicKey), dh(b.privateKey, c.publicKey));
+  wipe(mine);
+  assertEquals(mine, new Uint8Array(32));
 });

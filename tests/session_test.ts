@@ -3,13 +3,17 @@
  * on random keys. Time is a FakeClock wherever timers matter; nothing sleeps.
  */
 import { NodeDownError, PayloadTooLargeError, ProtocolError } from "../errors.ts";
-import { REJECT_AFTER_MESSAGES } from "../transport/constants.ts";
+import { NOISE_MAX_MESSAGE, REJECT_AFTER_MESSAGES } from "../transport/constants.ts";
 import {
   decodeFrame,
+  decodeFrames,
+  encodeClose,
   encodeData,
   encodeKeepalive,
+  encodeRekey,
   FLAG_FIRST,
   FLAG_LAST,
+  type Frame,
   FrameType,
   maxDataChunk,
 } from "../transport/frames.ts";
@@ -22,6 +26,22 @@ import type { CloseReason, PeerInfo, Transport } from "../transport/types.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
 
 const EMPTY = new Uint8Array(0);
+
+/** `parts` back to back in one array (several frames in one Noise message). */
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** A one-frame message: DATA FIRST|LAST for message `id`. */
+function whole(id: number, payload: Uint8Array): Uint8Array {
+  return encodeData(id, FLAG_FIRST | FLAG_LAST, payload.length, payload);
+}
 
 function bytes(n: number, seed = 1): Uint8Array {
   const b = new Uint8Array(n);
@@ -297,6 +317,169 @@ Deno.test("messages received before the peer closed are still yielded, then iter
   assertEquals(await p.b.closed, { kind: "remote", message: "bye" });
 });
 
+// --- coalescing ----------------------------------------------------------------------------------
+
+Deno.test("small messages sent in one tick share one Noise message and arrive whole, in order", async () => {
+  const [ta, tb] = memoryTransportPair();
+  const tapped = tap(ta);
+  const p = sessionPair([tapped, tb], { clock: new FakeClock() });
+  const messages = Array.from({ length: 20 }, (_, i) => bytes(10 + i * 37, i));
+  const got = take(p.b, messages.length);
+  await Promise.all(messages.map((m) => p.a.send(m)));
+  assertSameMessages(await got, messages);
+  assertEquals(tapped.sent.length, 1, "one Noise message carried all 20");
+  assertEquals([p.ciphers[0].send.nonce, p.ciphers[1].recv.nonce], [1n, 1n]);
+  // More than fits in one Noise message: as few as can carry it, each within the limit.
+  const many = Array.from({ length: 100 }, (_, i) => bytes(1000, i + 50));
+  const gotMany = take(p.b, many.length);
+  await Promise.all(many.map((m) => p.a.send(m)));
+  assertSameMessages(await gotMany, many);
+  assertEquals(tapped.sent.length, 1 + 2);
+  assert(tapped.sent.every((m) => m.length <= NOISE_MAX_MESSAGE));
+  assertEquals([p.logA.lines, p.logB.lines], [[], []]);
+  await closeBoth(p);
+});
+
+Deno.test("a coalesced Noise message carries each message's frames in send order", async () => {
+  const { session, it, theirs } = rawPeer();
+  const sends = [bytes(5, 1), bytes(0), bytes(3000, 2), bytes(7, 3)].map((m) => session.send(m));
+  await Promise.all(sends);
+  const r = await it.next();
+  assert(!r.done);
+  const frames = decodeFrames(theirs.recv.decryptWithAd(EMPTY, r.value));
+  assertEquals(
+    frames.map((f) => f.type === FrameType.Data ? [f.messageId, f.first, f.last] : f.type),
+    [[0, true, true], [1, true, true], [2, true, true], [3, true, true]],
+  );
+  await session.close();
+});
+
+Deno.test("a small message coalesced with a large chunk is copied out, not a view of it", async () => {
+  const p = memoryPair();
+  const big = bytes(200_000, 5);
+  const small = bytes(20, 6);
+  const got = take(p.b, 2);
+  await Promise.all([p.a.send(small), p.a.send(big)]);
+  const [gotSmall, gotBig] = await got;
+  assertSameMessages([gotSmall!, gotBig!], [small, big]);
+  assertEquals(gotSmall!.buffer.byteLength, small.length, "the small message owns its bytes");
+  await closeBoth(p);
+});
+
+Deno.test("a tampered coalesced Noise message closes the session and delivers none of it", async () => {
+  const [ta, tb] = memoryTransportPair();
+  const tampered = tap(ta, (m, i) => {
+    if (i !== 1) return m;
+    const copy = m.slice();
+    copy[copy.length - 20]! ^= 0x04;
+    return copy;
+  });
+  const tapB = tap(tb);
+  const p = sessionPair([tampered, tapB], { clock: new FakeClock() });
+  const received = drain(p.b);
+  const first = [bytes(10, 1), bytes(20, 2), bytes(30, 3)];
+  await Promise.all(first.map((m) => p.a.send(m)));
+  await Promise.all([bytes(10, 4), bytes(20, 5), bytes(30, 6)].map((m) => p.a.send(m)));
+  assertEquals(tampered.sent.length, 2);
+  assertEquals(await received, first);
+  assert(errorOf(await p.b.closed) instanceof ProtocolError);
+  assertEquals(p.logB.lines, [
+    "session with a@host (memory) closed: message failed authentication",
+  ]);
+  assertEquals(tapB.sent.length, 0); // no CLOSE, no explanation
+  assertEquals((await p.a.closed).kind, "error");
+});
+
+Deno.test("rekey by count puts REKEY last in a coalesced Noise message; the peer follows", async () => {
+  const { session, it, mine, theirs, log } = rawPeer({ rekeyAfterMessages: 3n });
+  const next = async (): Promise<Frame[]> => {
+    const r = await it.next();
+    assert(!r.done);
+    return decodeFrames(theirs.recv.decryptWithAd(EMPTY, r.value));
+  };
+  await session.send(bytes(1, 1)); // nonce 0
+  await session.send(bytes(1, 2)); // nonce 1
+  assertEquals((await next()).length, 1);
+  assertEquals((await next()).length, 1);
+  // Nonce 2 is the last this key may carry: the data sent now goes with a REKEY behind it.
+  await Promise.all([bytes(4, 3), bytes(5, 4), bytes(6, 5)].map((m) => session.send(m)));
+  const batch = await next();
+  assertEquals(batch.map((f) => f.type), [1, 1, 1, FrameType.Rekey]);
+  assertEquals(mine.send.nonce, 0n, "the session switched its send key");
+  theirs.recv.rekey();
+  theirs.recv.setNonce(0n);
+  await session.send(bytes(7, 6));
+  const after = await next(); // decrypts only under the new key
+  assert(after[0]!.type === FrameType.Data && after[0]!.messageId === 5);
+  assertEquals(log.lines, []);
+  await session.close();
+});
+
+Deno.test("a peer's REKEY last in a coalesced Noise message switches keys after its frames", async () => {
+  const { session, raw, mine, theirs, log } = rawPeer();
+  const got = take(session, 4);
+  await raw.send(
+    theirs.send.encryptWithAd(EMPTY, concat(whole(0, bytes(3, 1)), whole(1, bytes(4, 2)))),
+  );
+  await raw.send(
+    theirs.send.encryptWithAd(
+      EMPTY,
+      concat(whole(2, bytes(5, 3)), encodeKeepalive(), encodeRekey()),
+    ),
+  );
+  theirs.send.rekey();
+  theirs.send.setNonce(0n);
+  await raw.send(theirs.send.encryptWithAd(EMPTY, whole(3, bytes(6, 4))));
+  assertEquals(await got, [bytes(3, 1), bytes(4, 2), bytes(5, 3), bytes(6, 4)]);
+  assertEquals(mine.recv.nonce, 1n);
+  assertEquals(log.lines, []);
+  await session.close();
+});
+
+Deno.test("a REKEY or CLOSE that is not the last frame of its Noise message closes the session", async () => {
+  for (
+    const [plaintext, why] of [
+      [concat(encodeRekey(), whole(0, bytes(2))), "REKEY frame is followed by 14 bytes"],
+      [concat(encodeClose(0, "bye"), encodeKeepalive()), "CLOSE frame is followed by 1 bytes"],
+    ] as const
+  ) {
+    const { session, raw, it, theirs, log } = rawPeer();
+    await raw.send(theirs.send.encryptWithAd(EMPTY, plaintext));
+    assertEquals(await drain(session), []);
+    assert(errorOf(await session.closed) instanceof ProtocolError);
+    assertEquals(log.lines.length, 1);
+    assert(log.lines[0]!.includes(`malformed frame: ${why}`), log.lines[0]);
+    assertEquals((await it.next()).done, true);
+  }
+});
+
+Deno.test("a DATA length that overruns its Noise message is a ProtocolError before any use", async () => {
+  const { session, raw, it, theirs, log } = rawPeer();
+  // A good message first in the same Noise message: it is not delivered either.
+  const overrun = whole(1, bytes(100)).subarray(0, 12 + 10); // declares 100, carries 10
+  await raw.send(theirs.send.encryptWithAd(EMPTY, concat(whole(0, bytes(5)), overrun)));
+  assertEquals(await drain(session), []);
+  assert(errorOf(await session.closed) instanceof ProtocolError);
+  assertEquals(log.lines, [
+    "session with b@host (memory) closed: malformed frame: "
+    + "DATA frame declares a 100-byte chunk; only 10 bytes follow",
+  ]);
+  assertEquals((await it.next()).done, true);
+});
+
+Deno.test("close() sends what was queued in the same tick first, CLOSE last in one message", async () => {
+  const [ta, tb] = memoryTransportPair();
+  const tapped = tap(ta);
+  const p = sessionPair([tapped, tb], { clock: new FakeClock() });
+  const queued = [bytes(10, 1), bytes(20, 2)];
+  const sends = queued.map((m) => p.a.send(m));
+  await p.a.close("bye");
+  await Promise.all(sends);
+  assertEquals(await drain(p.b), queued);
+  assertEquals(await p.b.closed, { kind: "remote", message: "bye" });
+  assertEquals(tapped.sent.length, 1);
+});
+
 // --- close ---------------------------------------------------------------------------------------
 
 Deno.test("close() tells the peer, rejects pending sends with NodeDownError, and is idempotent", async () => {
@@ -343,7 +526,9 @@ Deno.test("a flipped byte in a transport frame closes the session, logged locall
   assertEquals(await received, [bytes(10, 1), bytes(10, 2)]);
   const reason = await p.b.closed;
   assert(errorOf(reason) instanceof ProtocolError);
-  assertEquals(p.logB.lines, ["session with a@host (memory) closed: frame failed authentication"]);
+  assertEquals(p.logB.lines, [
+    "session with a@host (memory) closed: message failed authentication",
+  ]);
   assertEquals(tapB.sent.length, 0); // no CLOSE, no explanation
   assertEquals((await p.a.closed).kind, "error");
 });
@@ -351,9 +536,9 @@ Deno.test("a flipped byte in a transport frame closes the session, logged locall
 Deno.test("garbage and truncated frames close the session with a local log line", async () => {
   for (
     const [frame, why] of [
-      [crypto.getRandomValues(new Uint8Array(40)), "frame failed authentication"],
-      [new Uint8Array(10), "frame of 10 bytes is shorter than its authentication tag"],
-      [EMPTY, "frame of 0 bytes is shorter than its authentication tag"],
+      [crypto.getRandomValues(new Uint8Array(40)), "message failed authentication"],
+      [new Uint8Array(10), "message of 10 bytes is shorter than its authentication tag"],
+      [EMPTY, "message of 0 bytes is shorter than its authentication tag"],
     ] as const
   ) {
     const { session, raw, it, log } = rawPeer();
@@ -374,7 +559,7 @@ Deno.test("an empty DATA payload with a corrupted tag is rejected", async () => 
   await raw.send(bad);
   assertEquals(await drain(session), [EMPTY]);
   assert(errorOf(await session.closed) instanceof ProtocolError);
-  assertEquals(log.lines, ["session with b@host (memory) closed: frame failed authentication"]);
+  assertEquals(log.lines, ["session with b@host (memory) closed: message failed authentication"]);
 });
 
 Deno.test("a well-authenticated but malformed frame closes the session", async () => {
@@ -450,15 +635,24 @@ Deno.test("rekey by message count under two-way traffic loses, duplicates or reo
 Deno.test("rekey by time (FakeClock) happens mid-message with nothing lost", async () => {
   const clock = new FakeClock();
   const opts = { clock, keepaliveIntervalMs: Infinity, deadPeerTimeoutMs: Infinity };
-  const p = sessionPair(memoryTransportPair(), opts);
+  const [ta, tb] = memoryTransportPair();
+  let firstOfBig!: () => void;
+  const bigStarted = new Promise<void>((resolve) => firstOfBig = resolve);
+  const tapped = tap(ta, (m, i) => {
+    if (i === 10) firstOfBig();
+    return m;
+  });
+  const p = sessionPair([tapped, tb], opts);
   const before = Array.from({ length: 10 }, (_, i) => bytes(50, i));
   const got = take(p.b, 12);
   for (const m of before) await p.a.send(m);
   assertEquals(p.ciphers[0].send.nonce, 10n);
-  const big = bytes(2 * 1024 * 1024, 77);
-  const bigSent = p.a.send(big); // its first frame is already out under the old key
-  clock.advance(120_000); // REKEY goes out between two frames of `big`
+  const big = bytes(2 * 1024 * 1024, 77); // 33 Noise messages
+  const bigSent = p.a.send(big);
+  await bigStarted; // its first Noise message is out under the old key
+  clock.advance(120_000); // REKEY goes out between two Noise messages of `big`
   assertEquals(p.ciphers[0].send.nonce, 0n);
+  assert(tapped.sent.length < 10 + 33, `REKEY after ${tapped.sent.length - 10} parts of big`);
   const after = bytes(33, 99);
   await Promise.all([bigSent, p.a.send(after)]);
   assertSameMessages(await got, [...before, after, big]);
@@ -468,7 +662,7 @@ Deno.test("rekey by time (FakeClock) happens mid-message with nothing lost", asy
   await closeBoth(p);
 });
 
-Deno.test("a session closes rather than use one key for REJECT_AFTER_MESSAGES frames", async () => {
+Deno.test("a session closes rather than use one key for REJECT_AFTER_MESSAGES messages", async () => {
   const p = memoryPair({ rekeyAfterMessages: 2n ** 64n });
   p.ciphers[0].send.setNonce(REJECT_AFTER_MESSAGES - 1n);
   p.ciphers[1].recv.setNonce(REJECT_AFTER_MESSAGES - 1n);

@@ -14,6 +14,7 @@ import {
   decodeClose,
   decodeData,
   decodeFrame,
+  decodeFrames,
   decodeKeepalive,
   decodeRekey,
   encodeClose,
@@ -24,6 +25,7 @@ import {
   FLAG_LAST,
   FrameType,
   maxDataChunk,
+  writeDataHeader,
 } from "../transport/frames.ts";
 import { memoryTransportPair } from "../transport/memory.ts";
 import { connectTcp, listenTcp, WireDecoder } from "../transport/tcp.ts";
@@ -35,6 +37,17 @@ function bytes(n: number, seed = 1): Uint8Array {
   const b = new Uint8Array(n);
   for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
   return b;
+}
+
+/** `parts` back to back in one array. */
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Frames `messages` as on the TCP wire: 2-byte big-endian length, then the message. */
@@ -79,10 +92,10 @@ Deno.test("encodeData() and decodeData() round-trip FIRST, middle and LAST frame
   const first = decodeData(encodeData(7, FLAG_FIRST, 1000, chunk));
   assertEquals(first.messageId, 7);
   assertEquals([first.first, first.last, first.totalLength], [true, false, 1000]);
-  assertEquals(first.payload, chunk);
+  assertEquals([first.payload, first.size], [chunk, DATA_FIRST_HEADER + 100]);
   const middle = decodeData(encodeData(0xffff_ffff, 0, undefined, chunk));
   assertEquals([middle.messageId, middle.first, middle.last], [0xffff_ffff, false, false]);
-  assertEquals(middle.totalLength, undefined);
+  assertEquals([middle.totalLength, middle.size], [undefined, DATA_HEADER + 100]);
   const only = decodeFrame(encodeData(1, FLAG_FIRST | FLAG_LAST, 0, new Uint8Array(0)));
   assert(only.type === FrameType.Data);
   assertEquals([only.first, only.last, only.totalLength, only.payload.length], [true, true, 0, 0]);
@@ -93,9 +106,25 @@ Deno.test("encodeData() fills a frame exactly to the Noise plaintext limit and n
   assertEquals(maxDataChunk(false), MAX_FRAME_PLAINTEXT - DATA_HEADER);
   const full = encodeData(1, 0, undefined, bytes(maxDataChunk(false)));
   assertEquals(full.length, MAX_FRAME_PLAINTEXT);
+  assertEquals(decodeFrames(full).length, 1);
   assertThrows(() => encodeData(1, 0, undefined, bytes(maxDataChunk(false) + 1)), RangeError);
   assertThrows(() => encodeData(1, FLAG_FIRST, undefined, bytes(1)), RangeError);
   assertThrows(() => encodeData(1, 0x80, undefined, bytes(1)), RangeError);
+});
+
+Deno.test("writeDataHeader() writes the same header encodeData() does, or nothing", () => {
+  const target = new Uint8Array(40).fill(0xee);
+  assertEquals(writeDataHeader(target, 3, 9, FLAG_FIRST | FLAG_LAST, 5, 5), DATA_FIRST_HEADER);
+  target.set(bytes(5), 3 + DATA_FIRST_HEADER);
+  assertEquals(
+    target.subarray(3, 3 + DATA_FIRST_HEADER + 5),
+    encodeData(9, FLAG_FIRST | FLAG_LAST, 5, bytes(5)),
+  );
+  const untouched = new Uint8Array(10);
+  assertThrows(() => writeDataHeader(untouched, 5, 1, 0, undefined, 1), RangeError, "no room");
+  assertThrows(() => writeDataHeader(untouched, 0, 1, FLAG_FIRST, undefined, 1), RangeError);
+  assertThrows(() => writeDataHeader(untouched, 0, -1, 0, undefined, 1), RangeError);
+  assertEquals(untouched, new Uint8Array(10));
 });
 
 Deno.test("decodeFrame() rejects frames shorter than their header with ProtocolError", () => {
@@ -106,36 +135,106 @@ Deno.test("decodeFrame() rejects frames shorter than their header with ProtocolE
     "shorter than its header",
   );
   assertThrows(
-    () => decodeFrame(Uint8Array.of(1, FLAG_FIRST, 0, 0, 0, 1, 0, 0)),
+    () => decodeFrame(Uint8Array.of(1, FLAG_FIRST, 0, 0, 0, 1, 0, 0, 0, 0)),
     ProtocolError,
     "lacks its total length",
   );
-  assertThrows(() => decodeFrame(Uint8Array.of(4)), ProtocolError, "shorter than its header");
+  assertThrows(() => decodeFrame(Uint8Array.of(4, 0, 0)), ProtocolError, "shorter than its header");
 });
 
 Deno.test("decodeFrame() rejects unknown types, unknown flags and trailing bytes", () => {
   assertThrows(() => decodeFrame(Uint8Array.of(0x7f)), ProtocolError, "unknown frame type 0x7f");
   assertThrows(
-    () => decodeFrame(Uint8Array.of(1, 0x04, 0, 0, 0, 1)),
+    () => decodeFrame(Uint8Array.of(1, 0x04, 0, 0, 0, 1, 0, 0)),
     ProtocolError,
     "unknown flags",
   );
-  assertThrows(() => decodeFrame(Uint8Array.of(2, 0)), ProtocolError, "KEEPALIVE frame is 2 bytes");
-  assertThrows(() => decodeFrame(Uint8Array.of(3, 0)), ProtocolError, "REKEY frame is 2 bytes");
-  assertThrows(() => decodeData(new Uint8Array(MAX_FRAME_PLAINTEXT + 1)), ProtocolError, "exceeds");
+  assertThrows(
+    () => decodeFrame(Uint8Array.of(2, 0)),
+    ProtocolError,
+    "KEEPALIVE frame of 1 bytes is followed by 1 more",
+  );
+  assertThrows(() => decodeFrame(Uint8Array.of(3, 0)), ProtocolError, "REKEY frame of 1 bytes");
+  assertThrows(
+    () => decodeFrame(concat(encodeData(1, FLAG_FIRST | FLAG_LAST, 1, bytes(1)), Uint8Array.of(9))),
+    ProtocolError,
+    "followed by 1 more",
+  );
   assertThrows(() => decodeKeepalive(encodeRekey()), ProtocolError, "expected");
   assertThrows(() => decodeRekey(encodeKeepalive()), ProtocolError, "expected");
 });
 
+Deno.test("a length field that overruns what follows is a ProtocolError, checked before use", () => {
+  // DATA declaring 100 bytes of chunk with 10 present, at the start and after another frame.
+  const overrun = encodeData(4, FLAG_FIRST | FLAG_LAST, 100, bytes(100)).subarray(0, 22);
+  assertThrows(
+    () => decodeData(overrun),
+    ProtocolError,
+    "declares a 100-byte chunk; only 10 bytes follow",
+  );
+  const keepalive = encodeKeepalive();
+  assertThrows(() => decodeFrames(concat(keepalive, overrun)), ProtocolError, "only 10 bytes");
+  assertThrows(() => decodeData(concat(keepalive, overrun), 1), ProtocolError, "only 10 bytes");
+  // The largest chunk length with nothing behind it.
+  const huge = Uint8Array.of(1, 0, 0, 0, 0, 1, 0xff, 0xff);
+  assertThrows(() => decodeFrames(huge), ProtocolError, "65535-byte chunk; only 0 bytes");
+  // CLOSE declaring a longer reason than it carries, and one over the limit.
+  const close = encodeClose(0, "bye");
+  assertThrows(() => decodeClose(close.subarray(0, 5)), ProtocolError, "3-byte reason; only 1");
+  const tooLong = new Uint8Array(4 + MAX_CLOSE_REASON_BYTES + 1);
+  tooLong.set([4, 0, (MAX_CLOSE_REASON_BYTES + 1) >>> 8, (MAX_CLOSE_REASON_BYTES + 1) & 0xff]);
+  assertThrows(() => decodeClose(tooLong), ProtocolError, "over 256");
+});
+
+Deno.test("decodeFrames() splits one Noise message's plaintext into its frames, in order", () => {
+  const plaintext = concat(
+    encodeData(1, FLAG_FIRST | FLAG_LAST, 3, bytes(3, 1)),
+    encodeKeepalive(),
+    encodeData(2, FLAG_FIRST, 10, bytes(4, 2)),
+    encodeData(2, FLAG_LAST, undefined, bytes(6, 3)),
+    encodeData(3, FLAG_FIRST | FLAG_LAST, 0, new Uint8Array(0)),
+    encodeRekey(),
+  );
+  const frames = decodeFrames(plaintext);
+  assertEquals(frames.map((f) => f.type), [1, 2, 1, 1, 1, 3]);
+  assertEquals(frames.reduce((n, f) => n + f.size, 0), plaintext.length);
+  const data = frames.filter((f) => f.type === FrameType.Data);
+  assertEquals(data.map((f) => f.messageId), [1, 2, 2, 3]);
+  assertEquals(data.map((f) => f.payload), [bytes(3, 1), bytes(4, 2), bytes(6, 3), bytes(0)]);
+  assertEquals(decodeFrames(encodeClose(1, "x")).map((f) => f.type), [FrameType.Close]);
+});
+
+Deno.test("decodeFrames() wants REKEY and CLOSE last, and at least one frame", () => {
+  const data = encodeData(1, FLAG_FIRST | FLAG_LAST, 1, bytes(1));
+  assertThrows(() => decodeFrames(new Uint8Array(0)), ProtocolError, "without frames");
+  assertThrows(
+    () => decodeFrames(concat(encodeRekey(), data)),
+    ProtocolError,
+    "REKEY frame is followed by 13 bytes",
+  );
+  assertThrows(
+    () => decodeFrames(concat(encodeClose(0, ""), encodeKeepalive())),
+    ProtocolError,
+    "CLOSE frame is followed by 1 bytes",
+  );
+  assertThrows(
+    () => decodeFrames(new Uint8Array(MAX_FRAME_PLAINTEXT + 1).fill(FrameType.Keepalive)),
+    ProtocolError,
+    "exceeds",
+  );
+  assertEquals(decodeFrames(concat(data, encodeRekey())).length, 2);
+});
+
 Deno.test("KEEPALIVE and REKEY frames are one byte and decode to their type", () => {
-  assertEquals(decodeFrame(encodeKeepalive()), { type: FrameType.Keepalive });
-  assertEquals(decodeFrame(encodeRekey()), { type: FrameType.Rekey });
+  assertEquals(decodeFrame(encodeKeepalive()), { type: FrameType.Keepalive, size: 1 });
+  assertEquals(decodeFrame(encodeRekey()), { type: FrameType.Rekey, size: 1 });
   assertEquals(encodeKeepalive().length, 1);
 });
 
 Deno.test("CLOSE carries a code and a UTF-8 reason, cut at a character boundary", () => {
   assertEquals(decodeFrame(encodeClose(1, "shutting down")), {
     type: FrameType.Close,
+    size: 4 + 13,
     code: 1,
     reason: "shutting down",
   });
@@ -143,10 +242,11 @@ Deno.test("CLOSE carries a code and a UTF-8 reason, cut at a character boundary"
   const cut = decodeClose(encodeClose(0, `x${long}`));
   assert(cut.reason.length > 0 && !cut.reason.includes("\uFFFD"));
   assertEquals(new TextEncoder().encode(cut.reason).length, MAX_CLOSE_REASON_BYTES - 1);
-  assertThrows(() => decodeClose(Uint8Array.of(4, 0, 0xc3)), ProtocolError, "not valid UTF-8");
-  const tooLong = new Uint8Array(2 + MAX_CLOSE_REASON_BYTES + 1);
-  tooLong[0] = 4;
-  assertThrows(() => decodeClose(tooLong), ProtocolError, "reason over");
+  assertThrows(
+    () => decodeClose(Uint8Array.of(4, 0, 0, 1, 0xc3)),
+    ProtocolError,
+    "not valid UTF-8",
+  );
 });
 
 // --- FakeClock -----------------------------------------------------------------------------------

@@ -12,18 +12,18 @@
 /** Largest Noise message, and so the largest wire message a `Transport` carries, in bytes. */
 export const NOISE_MAX_MESSAGE = 65535;
 
-/** Size of the ChaCha20-Poly1305 authentication tag appended to every encrypted frame. */
+/** Size of the ChaCha20-Poly1305 authentication tag appended to every Noise transport message. */
 export const TAG_LENGTH = 16;
 
-/** Largest plaintext frame (frame header included) that fits in one Noise message. */
+/** Largest plaintext of one Noise transport message: the frames it carries, headers included. */
 export const MAX_FRAME_PLAINTEXT = NOISE_MAX_MESSAGE - TAG_LENGTH;
 
 // --- Modelled on WireGuard (whitepaper section 6.1, device/constants.go) ----------------------
 
-/** A send key is replaced (REKEY frame) after this many frames were encrypted with it. */
+/** A send key is replaced (REKEY frame) after this many Noise messages were encrypted with it. */
 export const REKEY_AFTER_MESSAGES = 2n ** 60n;
 
-/** A key is never used for this many frames: the session closes first. */
+/** A key is never used for this many Noise messages: the session closes first. */
 export const REJECT_AFTER_MESSAGES = 2n ** 64n - 2n ** 13n - 1n;
 
 /** A send key is replaced (REKEY frame) once it is this old, in milliseconds. */

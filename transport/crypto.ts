@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import {
   createCipheriv,
   createDecipheriv,
@@ -15,10 +16,12 @@ import {
   createPrivateKey,
   createPublicKey,
   diffieHellman,
+  generateKeyPairSync,
   type KeyObject,
   randomBytes as nodeRandomBytes,
   timingSafeEqual,
 } from "node:crypto";
+import process from "node:process";
 import { DecryptError, InvalidDhError } from "./noise_errors.ts";
 
 /** Length of an X25519 public key, private key and shared secret. */
@@ -74,8 +77,19 @@ const SPKI_X25519_PREFIX = Uint8Array.of(
   0x00,
 );
 
+/**
+ * HMAC done by hand (RFC 2104 over two createHash calls) instead of createHmac, chosen per
+ * runtime by what was measured on the project's 2-core machine (CPU time of a two-output Noise
+ * HKDF, three HMAC-BLAKE2s of 32-byte keys): under Deno 2.9 createHmac takes 25-37 µs (it builds
+ * its pads through Buffer.concat and fresh Buffer pools), by hand 16-25 µs; under Node 24
+ * createHmac takes 8.2-8.8 µs, by hand 11.8-12 µs. Both compute the same RFC 2104 HMAC (tests
+ * check they agree).
+ */
+const HMAC_BY_HAND = typeof process.versions.deno === "string";
+
 const CIPHER = "chacha20-poly1305";
 const HASH = "blake2s256";
+const EMPTY = new Uint8Array(0);
 const HKDF_ONE = Uint8Array.of(1);
 const HKDF_TWO = Uint8Array.of(2);
 const HKDF_THREE = Uint8Array.of(3);
@@ -88,13 +102,17 @@ const nonceBuffer = new Uint8Array(12);
 const nonceView = new DataView(nonceBuffer.buffer);
 
 /**
- * Private-key KeyObjects, keyed by the raw private key array they were built from. Building one
- * from DER costs about as much as the X25519 itself on Node, and a static key is used for every
- * handshake. Each entry holds a copy of the bytes it was built from, so an array changed in
- * place is noticed and rebuilt; `wipe()` drops the entry. (Public keys arrive fresh in every
- * handshake message, so they are not cached.)
+ * Private-key KeyObjects, keyed by the raw private key array they were built from (or exported
+ * to, for generated keys). Building one from DER costs about as much as the X25519 itself on
+ * Node, and a static key is used for every handshake. Each entry holds a copy of the bytes it
+ * was built from, so an array changed in place is noticed and rebuilt; `wipe()` drops the entry.
  */
 const privateKeyObjects = new WeakMap<Uint8Array, { bytes: Uint8Array; key: KeyObject }>();
+/**
+ * Public-key KeyObjects, the same way: a peer's ephemeral key takes part in two DHs of an XX
+ * handshake, and its array (kept by the HandshakeState) is the same for both.
+ */
+const publicKeyObjects = new WeakMap<Uint8Array, { bytes: Uint8Array; key: KeyObject }>();
 
 function asBytes(buf: Uint8Array): Uint8Array {
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -124,16 +142,26 @@ function privateKeyObject(privateKey: Uint8Array): KeyObject {
 }
 
 function publicKeyObject(publicKey: Uint8Array): KeyObject {
-  return createPublicKey({
-    key: withPrefix(SPKI_X25519_PREFIX, publicKey) as Buffer,
-    format: "der",
-    type: "spki",
-  });
+  const cached = publicKeyObjects.get(publicKey);
+  if (cached !== undefined && sameBytes(cached.bytes, publicKey)) return cached.key;
+  // JWK is the cheaper import on both runtimes (measured: 1.9 against 3.2 µs for DER under
+  // Deno, 2.8 against 6.3 µs under Node).
+  const x = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength)
+    .toString("base64url");
+  const key = createPublicKey({ key: { kty: "OKP", crv: "X25519", x }, format: "jwk" });
+  publicKeyObjects.set(publicKey, { bytes: new Uint8Array(publicKey), key });
+  return key;
 }
 
 function rawPublicKey(key: KeyObject): Uint8Array {
   const spki = key.export({ format: "der", type: "spki" });
   return new Uint8Array(spki.subarray(SPKI_X25519_PREFIX.length));
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function isAllZero(bytes: Uint8Array): boolean {
@@ -152,13 +180,32 @@ function setNonce(n: bigint): Uint8Array {
   return nonceBuffer;
 }
 
-/** A fresh random X25519 key pair. */
+/**
+ * A fresh random X25519 key pair. The KeyObject the runtime generated is kept for dh() (not
+ * rebuilt from the raw bytes); the raw halves come from a PKCS#8 export (wiped after) and a JWK
+ * export of the public key, the cheapest pair of exports on both runtimes (measured: 21 µs in
+ * all under Deno, 46 µs under Node, against 23 and 64 µs for importing a random seed).
+ */
 export function generateKeyPair(): KeyPair {
-  const seed = nodeRandomBytes(DHLEN);
+  const pair = generateKeyPairSync("x25519");
+  const der = pair.privateKey.export({ format: "der", type: "pkcs8" });
   try {
-    return keyPairFromPrivate(seed);
+    if (
+      der.length !== PKCS8_X25519_PREFIX.length + DHLEN
+      || !sameBytes(der.subarray(0, PKCS8_X25519_PREFIX.length), PKCS8_X25519_PREFIX)
+    ) {
+      throw new RangeError("the runtime exported an X25519 private key in an unexpected form");
+    }
+    const privateKey = new Uint8Array(der.subarray(PKCS8_X25519_PREFIX.length));
+    const x = pair.publicKey.export({ format: "jwk" }).x;
+    const publicKey = typeof x === "string" ? new Uint8Array(Buffer.from(x, "base64url")) : EMPTY;
+    if (publicKey.length !== DHLEN) {
+      throw new RangeError("the runtime exported an X25519 public key in an unexpected form");
+    }
+    privateKeyObjects.set(privateKey, { bytes: new Uint8Array(privateKey), key: pair.privateKey });
+    return { publicKey, privateKey };
   } finally {
-    seed.fill(0);
+    der.fill(0);
   }
 }
 
@@ -189,11 +236,10 @@ export function dh(privateKey: Uint8Array, publicKey: Uint8Array): Uint8Array {
   requireLength(privateKey, DHLEN, "X25519 private key");
   requireLength(publicKey, DHLEN, "X25519 public key");
   const priv = privateKeyObject(privateKey);
-  const pub = publicKeyObject(publicKey);
   let shared: Uint8Array;
   dhCount++;
   try {
-    shared = diffieHellman({ privateKey: priv, publicKey: pub });
+    shared = diffieHellman({ privateKey: priv, publicKey: publicKeyObject(publicKey) });
   } catch (err) {
     throw new InvalidDhError(undefined, { cause: err });
   }
@@ -218,6 +264,32 @@ export function aeadEncrypt(
   const out = new Uint8Array(body.length + TAGLEN);
   out.set(body);
   out.set(cipher.getAuthTag(), body.length);
+  return out;
+}
+
+/**
+ * `aeadEncrypt` of the concatenation of `parts`, without joining them first: each part is fed to
+ * the cipher where it lies. Returns the ciphertext in pieces (one per non-empty part) followed by
+ * the 16-byte tag; joined, they equal `aeadEncrypt(key, n, ad, concat(parts))`.
+ */
+export function aeadEncryptParts(
+  key: Uint8Array,
+  n: bigint,
+  ad: Uint8Array,
+  parts: readonly Uint8Array[],
+): Uint8Array[] {
+  const cipher = createCipheriv(CIPHER, key, setNonce(n), { authTagLength: TAGLEN });
+  if (ad.length > 0) {
+    let length = 0;
+    for (const part of parts) length += part.length;
+    cipher.setAAD(ad, { plaintextLength: length });
+  }
+  const out: Uint8Array[] = [];
+  for (const part of parts) {
+    if (part.length > 0) out.push(asBytes(cipher.update(part)));
+  }
+  cipher.final();
+  out.push(asBytes(cipher.getAuthTag()));
   return out;
 }
 
@@ -257,11 +329,44 @@ export function hash(...parts: Uint8Array[]): Uint8Array {
   return asBytes(h.digest());
 }
 
-/** HMAC-BLAKE2s-256 (RFC 2104, 64-byte blocks) of the concatenation of `parts`. */
+/**
+ * HMAC-BLAKE2s-256 (RFC 2104, 64-byte blocks) of the concatenation of `parts`: `hmacNative` or
+ * `hmacByHand`, whichever is faster on this runtime (see HMAC_BY_HAND).
+ */
 export function hmac(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
+  return HMAC_BY_HAND ? hmacByHand(key, parts) : hmacNative(key, parts);
+}
+
+/** HMAC-BLAKE2s-256 of the concatenation of `parts` with node:crypto's createHmac. */
+export function hmacNative(key: Uint8Array, parts: readonly Uint8Array[]): Uint8Array {
   const h = createHmac(HASH, key);
   for (const part of parts) h.update(part);
   return asBytes(h.digest());
+}
+
+/**
+ * HMAC-BLAKE2s-256 of the concatenation of `parts` as RFC 2104 defines it, on two BLAKE2s
+ * hashes: H((K ^ opad) || H((K ^ ipad) || text)), K zero-padded to the block (or hashed first
+ * when longer than a block). The padded keys and the inner digest are wiped.
+ */
+export function hmacByHand(key: Uint8Array, parts: readonly Uint8Array[]): Uint8Array {
+  const pad = new Uint8Array(BLOCKLEN);
+  if (key.length > BLOCKLEN) {
+    const hashed = hash(key);
+    pad.set(hashed);
+    hashed.fill(0);
+  } else {
+    pad.set(key);
+  }
+  for (let i = 0; i < BLOCKLEN; i++) pad[i]! ^= 0x36;
+  const inner = createHash(HASH).update(pad);
+  for (const part of parts) inner.update(part);
+  const innerDigest = inner.digest();
+  for (let i = 0; i < BLOCKLEN; i++) pad[i]! ^= 0x36 ^ 0x5c;
+  const out = createHash(HASH).update(pad).update(innerDigest).digest();
+  pad.fill(0);
+  innerDigest.fill(0);
+  return asBytes(out);
 }
 
 /**

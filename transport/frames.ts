@@ -1,14 +1,23 @@
 /**
- * Frames carried inside the encrypted payload of each Noise transport message. One encode/decode
- * pair per frame type; every decoder checks the length before reading anything else, and a
- * malformed frame throws ProtocolError.
+ * Frames carried inside the encrypted payload of each Noise transport message. One Noise message
+ * carries one or more frames back to back (at most MAX_FRAME_PLAINTEXT bytes in all), so several
+ * small frames share one AEAD operation. Every frame says where it ends: fixed-size frames by
+ * their type, the others by an explicit length. One encode/decode pair per frame type; every
+ * decoder checks that the bytes it is about to read are there (and that a declared length fits
+ * in what is left) before reading anything else, and a malformed frame throws ProtocolError.
  *
  * Layout (all integers big-endian):
  *
- *     DATA      type=1 | flags u8 | message id u32 | [total length u32, if FIRST] | payload chunk
+ *     DATA      type=1 | flags u8 | message id u32 | chunk length u16 |
+ *               [total length u32, if FIRST] | chunk
  *     KEEPALIVE type=2
  *     REKEY     type=3
- *     CLOSE     type=4 | reason code u8 | UTF-8 reason (at most MAX_CLOSE_REASON_BYTES)
+ *     CLOSE     type=4 | reason code u8 | reason length u16 | UTF-8 reason (at most
+ *               MAX_CLOSE_REASON_BYTES)
+ *
+ * A REKEY frame is the last frame of its Noise message (what follows it goes under the new key,
+ * so in a new message), and so is a CLOSE frame (nothing follows it). A Noise message carries at
+ * least one frame.
  *
  * @module
  */
@@ -22,7 +31,7 @@ export const FrameType = {
   Data: 1,
   /** Nothing; sent when the sender was otherwise idle, proves it is alive. */
   Keepalive: 2,
-  /** The sender switches to its rekeyed send key right after this frame. */
+  /** The sender switches to its rekeyed send key right after the message carrying this frame. */
   Rekey: 3,
   /** The sender closes the session; nothing follows. */
   Close: 4,
@@ -37,11 +46,14 @@ export const FLAG_FIRST = 0x01;
 export const FLAG_LAST = 0x02;
 const KNOWN_FLAGS = FLAG_FIRST | FLAG_LAST;
 
-/** DATA header size without the total length (type, flags, message id). */
-export const DATA_HEADER = 6;
-/** DATA header size of a FIRST frame (type, flags, message id, total length). */
-export const DATA_FIRST_HEADER = 10;
-const CLOSE_HEADER = 2;
+/** DATA header size without the total length (type, flags, message id, chunk length). */
+export const DATA_HEADER = 8;
+/** DATA header size of a FIRST frame (type, flags, message id, chunk length, total length). */
+export const DATA_FIRST_HEADER = 12;
+/** CLOSE header size (type, code, reason length). */
+export const CLOSE_HEADER = 4;
+/** Size of a KEEPALIVE or a REKEY frame. */
+export const CONTROL_FRAME_SIZE = 1;
 
 /** CLOSE reason codes. Unknown codes are accepted (reserved for later versions). */
 export const CloseCode = {
@@ -54,6 +66,8 @@ export const CloseCode = {
 /** A decoded DATA frame; `payload` is a view into the decoded buffer, not a copy. */
 export interface DataFrame {
   readonly type: typeof FrameType.Data;
+  /** Bytes the frame occupies, header included. */
+  readonly size: number;
   readonly messageId: number;
   readonly first: boolean;
   readonly last: boolean;
@@ -65,16 +79,19 @@ export interface DataFrame {
 /** A decoded KEEPALIVE frame. */
 export interface KeepaliveFrame {
   readonly type: typeof FrameType.Keepalive;
+  readonly size: typeof CONTROL_FRAME_SIZE;
 }
 
 /** A decoded REKEY frame. */
 export interface RekeyFrame {
   readonly type: typeof FrameType.Rekey;
+  readonly size: typeof CONTROL_FRAME_SIZE;
 }
 
 /** A decoded CLOSE frame. */
 export interface CloseFrame {
   readonly type: typeof FrameType.Close;
+  readonly size: number;
   readonly code: number;
   readonly reason: string;
 }
@@ -84,6 +101,8 @@ export type Frame = DataFrame | KeepaliveFrame | RekeyFrame | CloseFrame;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
+const KEEPALIVE: KeepaliveFrame = Object.freeze({ type: FrameType.Keepalive, size: 1 });
+const REKEY: RekeyFrame = Object.freeze({ type: FrameType.Rekey, size: 1 });
 
 function checkU32(value: number, what: string): void {
   if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
@@ -91,14 +110,76 @@ function checkU32(value: number, what: string): void {
   }
 }
 
-/** Largest DATA payload chunk that fits in one frame (FIRST frames carry 4 bytes less). */
+/** Largest DATA chunk that fits in one frame alone in a Noise message (FIRST: 4 bytes less). */
 export function maxDataChunk(first: boolean): number {
   return MAX_FRAME_PLAINTEXT - (first ? DATA_FIRST_HEADER : DATA_HEADER);
 }
 
 /**
+ * Checks the fields of a DATA header for a chunk of `chunkLength` bytes and returns the header's
+ * size. `totalLength` is required exactly when `flags` has FLAG_FIRST. Throws RangeError for a
+ * frame that could not be decoded (unknown flags, fields out of range, over one Noise message).
+ */
+export function dataHeaderSize(
+  messageId: number,
+  flags: number,
+  totalLength: number | undefined,
+  chunkLength: number,
+): number {
+  const first = (flags & FLAG_FIRST) !== 0;
+  const header = first ? DATA_FIRST_HEADER : DATA_HEADER;
+  if (
+    !Number.isInteger(chunkLength) || chunkLength < 0 || chunkLength + header > MAX_FRAME_PLAINTEXT
+  ) {
+    throw new RangeError(`DATA chunk of ${chunkLength} bytes does not fit in one frame`);
+  }
+  if ((flags & ~KNOWN_FLAGS) !== 0) throw new RangeError(`unknown DATA flags 0x${hex(flags)}`);
+  checkU32(messageId, "message id");
+  if (first !== (totalLength !== undefined)) {
+    throw new RangeError("a DATA frame carries a total length exactly when it is FIRST");
+  }
+  if (totalLength !== undefined) checkU32(totalLength, "total length");
+  return header;
+}
+
+/**
+ * Writes a DATA header for a chunk of `chunkLength` bytes into `target` at `at` and returns the
+ * header's size; the chunk goes right after it. Fields are checked as by `dataHeaderSize`
+ * (RangeError, nothing written).
+ */
+export function writeDataHeader(
+  target: Uint8Array,
+  at: number,
+  messageId: number,
+  flags: number,
+  totalLength: number | undefined,
+  chunkLength: number,
+): number {
+  const header = dataHeaderSize(messageId, flags, totalLength, chunkLength);
+  if (!Number.isInteger(at) || at < 0 || at + header > target.length) {
+    throw new RangeError(`no room for a ${header}-byte DATA header at offset ${at}`);
+  }
+  target[at] = FrameType.Data;
+  target[at + 1] = flags;
+  target[at + 2] = messageId >>> 24;
+  target[at + 3] = messageId >>> 16;
+  target[at + 4] = messageId >>> 8;
+  target[at + 5] = messageId;
+  target[at + 6] = chunkLength >>> 8;
+  target[at + 7] = chunkLength;
+  if (totalLength !== undefined) {
+    target[at + 8] = totalLength >>> 24;
+    target[at + 9] = totalLength >>> 16;
+    target[at + 10] = totalLength >>> 8;
+    target[at + 11] = totalLength;
+  }
+  return header;
+}
+
+/**
  * Encodes a DATA frame. `totalLength` is required exactly when `flags` has FLAG_FIRST. Copies
- * `chunk` once into the new frame.
+ * `chunk` once into the new frame (the session writes headers with `writeDataHeader` instead
+ * and leaves large chunks where they are).
  */
 export function encodeData(
   messageId: number,
@@ -106,54 +187,47 @@ export function encodeData(
   totalLength: number | undefined,
   chunk: Uint8Array,
 ): Uint8Array {
-  const first = (flags & FLAG_FIRST) !== 0;
-  const header = first ? DATA_FIRST_HEADER : DATA_HEADER;
-  if (chunk.length + header > MAX_FRAME_PLAINTEXT) {
-    throw new RangeError(`DATA chunk of ${chunk.length} bytes does not fit in one frame`);
-  }
-  if ((flags & ~KNOWN_FLAGS) !== 0) throw new RangeError(`unknown DATA flags 0x${hex(flags)}`);
-  checkU32(messageId, "message id");
-  if (first !== (totalLength !== undefined)) {
-    throw new RangeError("a DATA frame carries a total length exactly when it is FIRST");
-  }
+  const header = dataHeaderSize(messageId, flags, totalLength, chunk.length);
   const frame = new Uint8Array(header + chunk.length);
-  const view = new DataView(frame.buffer);
-  frame[0] = FrameType.Data;
-  frame[1] = flags;
-  view.setUint32(2, messageId);
-  if (totalLength !== undefined) {
-    checkU32(totalLength, "total length");
-    view.setUint32(6, totalLength);
-  }
+  writeDataHeader(frame, 0, messageId, flags, totalLength, chunk.length);
   frame.set(chunk, header);
   return frame;
 }
 
-/** Decodes a DATA frame; the payload is a view into `frame`. */
-export function decodeData(frame: Uint8Array): DataFrame {
-  if (frame.length < DATA_HEADER) {
-    throw new ProtocolError(`DATA frame of ${frame.length} bytes is shorter than its header`);
+/**
+ * Decodes the DATA frame that starts at `at` in `buf` (the frames of one Noise message); it may
+ * be followed by other frames. The payload is a view into `buf`.
+ */
+export function decodeData(buf: Uint8Array, at = 0): DataFrame {
+  const left = buf.length - at;
+  if (left < DATA_HEADER) {
+    throw new ProtocolError(`DATA frame of ${left} bytes is shorter than its header`);
   }
-  if (frame.length > MAX_FRAME_PLAINTEXT) {
-    throw new ProtocolError(`DATA frame of ${frame.length} bytes exceeds ${MAX_FRAME_PLAINTEXT}`);
-  }
-  expectType(frame, FrameType.Data);
-  const flags = frame[1]!;
+  expectType(buf, at, FrameType.Data);
+  const flags = buf[at + 1]!;
   if ((flags & ~KNOWN_FLAGS) !== 0) {
     throw new ProtocolError(`DATA frame has unknown flags 0x${hex(flags)}`);
   }
   const first = (flags & FLAG_FIRST) !== 0;
-  if (first && frame.length < DATA_FIRST_HEADER) {
-    throw new ProtocolError(`FIRST DATA frame of ${frame.length} bytes lacks its total length`);
+  const header = first ? DATA_FIRST_HEADER : DATA_HEADER;
+  if (left < header) {
+    throw new ProtocolError(`FIRST DATA frame of ${left} bytes lacks its total length`);
   }
-  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  const chunkLength = (buf[at + 6]! << 8) | buf[at + 7]!;
+  if (chunkLength > left - header) {
+    throw new ProtocolError(
+      `DATA frame declares a ${chunkLength}-byte chunk; only ${left - header} bytes follow`,
+    );
+  }
+  const start = at + header;
   return {
     type: FrameType.Data,
-    messageId: view.getUint32(2),
+    size: header + chunkLength,
+    messageId: readU32(buf, at + 2),
     first,
     last: (flags & FLAG_LAST) !== 0,
-    totalLength: first ? view.getUint32(6) : undefined,
-    payload: frame.subarray(first ? DATA_FIRST_HEADER : DATA_HEADER),
+    totalLength: first ? readU32(buf, at + 8) : undefined,
+    payload: buf.subarray(start, start + chunkLength),
   };
 }
 
@@ -162,11 +236,11 @@ export function encodeKeepalive(): Uint8Array {
   return Uint8Array.of(FrameType.Keepalive);
 }
 
-/** Decodes a KEEPALIVE frame (exactly one byte). */
-export function decodeKeepalive(frame: Uint8Array): KeepaliveFrame {
-  expectLength(frame, 1, "KEEPALIVE");
-  expectType(frame, FrameType.Keepalive);
-  return { type: FrameType.Keepalive };
+/** Decodes the KEEPALIVE frame (one byte) at `at` in `buf`. */
+export function decodeKeepalive(buf: Uint8Array, at = 0): KeepaliveFrame {
+  expectRoom(buf, at, CONTROL_FRAME_SIZE, "KEEPALIVE");
+  expectType(buf, at, FrameType.Keepalive);
+  return KEEPALIVE;
 }
 
 /** Encodes a REKEY frame. */
@@ -174,11 +248,11 @@ export function encodeRekey(): Uint8Array {
   return Uint8Array.of(FrameType.Rekey);
 }
 
-/** Decodes a REKEY frame (exactly one byte). */
-export function decodeRekey(frame: Uint8Array): RekeyFrame {
-  expectLength(frame, 1, "REKEY");
-  expectType(frame, FrameType.Rekey);
-  return { type: FrameType.Rekey };
+/** Decodes the REKEY frame (one byte) at `at` in `buf`. */
+export function decodeRekey(buf: Uint8Array, at = 0): RekeyFrame {
+  expectRoom(buf, at, CONTROL_FRAME_SIZE, "REKEY");
+  expectType(buf, at, FrameType.Rekey);
+  return REKEY;
 }
 
 /**
@@ -193,57 +267,131 @@ export function encodeClose(code: number, reason: string): Uint8Array {
   const frame = new Uint8Array(CLOSE_HEADER + text.length);
   frame[0] = FrameType.Close;
   frame[1] = code;
+  frame[2] = text.length >>> 8;
+  frame[3] = text.length & 0xff;
   frame.set(text, CLOSE_HEADER);
   return frame;
 }
 
-/** Decodes a CLOSE frame; the reason must be valid UTF-8 of at most MAX_CLOSE_REASON_BYTES. */
-export function decodeClose(frame: Uint8Array): CloseFrame {
-  if (frame.length < CLOSE_HEADER) {
-    throw new ProtocolError(`CLOSE frame of ${frame.length} bytes is shorter than its header`);
+/**
+ * Decodes the CLOSE frame at `at` in `buf`; the reason must be valid UTF-8 of at most
+ * MAX_CLOSE_REASON_BYTES.
+ */
+export function decodeClose(buf: Uint8Array, at = 0): CloseFrame {
+  const left = buf.length - at;
+  if (left < CLOSE_HEADER) {
+    throw new ProtocolError(`CLOSE frame of ${left} bytes is shorter than its header`);
   }
-  if (frame.length > CLOSE_HEADER + MAX_CLOSE_REASON_BYTES) {
+  expectType(buf, at, FrameType.Close);
+  const length = (buf[at + 2]! << 8) | buf[at + 3]!;
+  if (length > MAX_CLOSE_REASON_BYTES) {
     throw new ProtocolError(
-      `CLOSE frame of ${frame.length} bytes has a reason over ${MAX_CLOSE_REASON_BYTES} bytes`,
+      `CLOSE frame has a reason of ${length} bytes, over ${MAX_CLOSE_REASON_BYTES}`,
     );
   }
-  expectType(frame, FrameType.Close);
+  if (length > left - CLOSE_HEADER) {
+    throw new ProtocolError(
+      `CLOSE frame declares a ${length}-byte reason; only ${left - CLOSE_HEADER} bytes follow`,
+    );
+  }
+  const start = at + CLOSE_HEADER;
   let reason: string;
   try {
-    reason = decoder.decode(frame.subarray(CLOSE_HEADER));
+    reason = decoder.decode(buf.subarray(start, start + length));
   } catch {
     throw new ProtocolError("CLOSE frame reason is not valid UTF-8");
   }
-  return { type: FrameType.Close, code: frame[1]!, reason };
+  return { type: FrameType.Close, size: CLOSE_HEADER + length, code: buf[at + 1]!, reason };
 }
 
-/** Decodes any frame, dispatching on its type byte. */
-export function decodeFrame(frame: Uint8Array): Frame {
-  if (frame.length === 0) throw new ProtocolError("empty frame");
-  const type = frame[0]!;
+/** Decodes the frame at `at` in `buf`, dispatching on its type byte. */
+export function decodeFrameAt(buf: Uint8Array, at: number): Frame {
+  if (at >= buf.length) throw new ProtocolError("empty frame");
+  const type = buf[at]!;
   switch (type) {
     case FrameType.Data:
-      return decodeData(frame);
+      return decodeData(buf, at);
     case FrameType.Keepalive:
-      return decodeKeepalive(frame);
+      return decodeKeepalive(buf, at);
     case FrameType.Rekey:
-      return decodeRekey(frame);
+      return decodeRekey(buf, at);
     case FrameType.Close:
-      return decodeClose(frame);
+      return decodeClose(buf, at);
     default:
       throw new ProtocolError(`unknown frame type 0x${hex(type)}`);
   }
 }
 
-function expectLength(frame: Uint8Array, length: number, name: string): void {
-  if (frame.length !== length) {
-    throw new ProtocolError(`${name} frame is ${frame.length} bytes, expected ${length}`);
+/** Decodes one frame that fills `frame` exactly (trailing bytes are a ProtocolError). */
+export function decodeFrame(frame: Uint8Array): Frame {
+  const decoded = decodeFrameAt(frame, 0);
+  if (decoded.size !== frame.length) {
+    throw new ProtocolError(
+      `${frameName(decoded.type)} frame of ${decoded.size} bytes is followed by `
+        + `${frame.length - decoded.size} more`,
+    );
+  }
+  return decoded;
+}
+
+/**
+ * Decodes all frames of one Noise message's plaintext, in order. Throws ProtocolError when the
+ * plaintext is empty or over MAX_FRAME_PLAINTEXT, when any frame is malformed or overruns the
+ * plaintext, or when a REKEY or CLOSE frame is not the last one. Nothing is returned unless the
+ * whole plaintext decodes.
+ */
+export function decodeFrames(plaintext: Uint8Array): Frame[] {
+  if (plaintext.length === 0) throw new ProtocolError("a transport message without frames");
+  if (plaintext.length > MAX_FRAME_PLAINTEXT) {
+    throw new ProtocolError(
+      `transport message of ${plaintext.length} bytes exceeds ${MAX_FRAME_PLAINTEXT}`,
+    );
+  }
+  const frames: Frame[] = [];
+  let at = 0;
+  while (at < plaintext.length) {
+    const frame = decodeFrameAt(plaintext, at);
+    at += frame.size;
+    if (
+      (frame.type === FrameType.Rekey || frame.type === FrameType.Close) && at < plaintext.length
+    ) {
+      throw new ProtocolError(
+        `${frameName(frame.type)} frame is followed by ${plaintext.length - at} bytes in its `
+          + `transport message; it must be the last frame`,
+      );
+    }
+    frames.push(frame);
+  }
+  return frames;
+}
+
+function frameName(type: FrameType): string {
+  switch (type) {
+    case FrameType.Data:
+      return "DATA";
+    case FrameType.Keepalive:
+      return "KEEPALIVE";
+    case FrameType.Rekey:
+      return "REKEY";
+    case FrameType.Close:
+      return "CLOSE";
   }
 }
 
-function expectType(frame: Uint8Array, type: FrameType): void {
-  if (frame[0] !== type) {
-    throw new ProtocolError(`frame type 0x${hex(frame[0] ?? 0)} where 0x${hex(type)} expected`);
+function readU32(buf: Uint8Array, at: number): number {
+  return ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
+}
+
+function expectRoom(buf: Uint8Array, at: number, size: number, name: string): void {
+  if (buf.length - at < size) {
+    throw new ProtocolError(`${name} frame needs ${size} bytes, ${buf.length - at} left`);
+  }
+}
+
+function expectType(buf: Uint8Array, at: number, type: FrameType): void {
+  const got = buf[at] ?? 0;
+  if (got !== type) {
+    throw new ProtocolError(`frame type 0x${hex(got)} where 0x${hex(type)} expected`);
   }
 }
 

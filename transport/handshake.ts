@@ -166,8 +166,8 @@ function checkPeerKey(
   const known = cfg.knownNodes;
   if (!known) return undefined;
   const verdict = known.check(peer.name, key);
-  const fp = publicKeyFingerprint(key);
   if (verdict.status === "known") return undefined;
+  const fp = publicKeyFingerprint(key);
   if (verdict.status === "changed") {
     return new AuthFailedError(
       keyChangedMessage(peer.name, publicKeyFingerprint(verdict.pinned), fp, known.path),

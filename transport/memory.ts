@@ -106,7 +106,26 @@ class MemoryTransport implements Transport {
     }
     if (this.state.closed) return Promise.reject(this.#downError());
     // A copy, as a socket would make: the caller may reuse its buffer once send() returns.
-    return this.outbound.push(message.slice());
+    return this.outbound.push(new Uint8Array(message));
+  }
+
+  /** Joins `parts` into one message (the one copy `send()` makes anyway) and queues it. */
+  sendParts(parts: readonly Uint8Array[]): Promise<void> {
+    let length = 0;
+    for (const part of parts) length += part.length;
+    if (length > NOISE_MAX_MESSAGE) {
+      return Promise.reject(
+        new RangeError(`wire message of ${length} bytes exceeds ${NOISE_MAX_MESSAGE}`),
+      );
+    }
+    if (this.state.closed) return Promise.reject(this.#downError());
+    const message = new Uint8Array(length);
+    let at = 0;
+    for (const part of parts) {
+      message.set(part, at);
+      at += part.length;
+    }
+    return this.outbound.push(message);
   }
 
   close(): void {

@@ -11,6 +11,7 @@
 import {
   aeadDecrypt,
   aeadEncrypt,
+  aeadEncryptParts,
   dh,
   DHLEN,
   generateKeyPair,
@@ -83,6 +84,20 @@ export class CipherState {
     if (k === undefined) return new Uint8Array(plaintext);
     if (this.#n === MAX_NONCE) throw new NonceExhaustedError();
     const ciphertext = aeadEncrypt(k, this.#n, ad, plaintext);
+    this.#n++;
+    return ciphertext;
+  }
+
+  /**
+   * `encryptWithAd` of the concatenation of `parts`, which are not joined first: returns the
+   * ciphertext in pieces followed by the tag (joined, exactly what `encryptWithAd` returns).
+   * Without a key it returns one copy of the joined plaintext.
+   */
+  encryptPartsWithAd(ad: Uint8Array, parts: readonly Uint8Array[]): Uint8Array[] {
+    const k = this.#key();
+    if (k === undefined) return [join(parts)];
+    if (this.#n === MAX_NONCE) throw new NonceExhaustedError();
+    const ciphertext = aeadEncryptParts(k, this.#n, ad, parts);
     this.#n++;
     return ciphertext;
   }
@@ -641,4 +656,16 @@ function checkLength(bytes: Uint8Array, what: string): void {
   if (bytes.length !== DHLEN) {
     throw new RangeError(`${what} must be ${DHLEN} bytes, got ${bytes.length}`);
   }
+}
+
+function join(parts: readonly Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
 }

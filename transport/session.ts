@@ -1,32 +1,41 @@
 /**
  * The encrypted session above a `Transport`, once the Noise handshake is done: application
- * messages of any size up to `maxMessageSize` are split into frames (frames.ts), each frame is
- * one Noise transport message, and frames of concurrently sent messages are interleaved round-
- * robin so a small message never waits behind a large one.
+ * messages of any size up to `maxMessageSize` are split into frames (frames.ts), and the frames
+ * of concurrently sent messages are interleaved round-robin so a small message never waits
+ * behind a large one.
+ *
+ * Coalescing: the writer runs at the end of the tick in which a message was sent (a
+ * process.nextTick, where the TCP transport uncorks its socket anyway) and packs every frame queued
+ * by then into one Noise transport message (at most 65535 bytes), so one AEAD operation covers
+ * several small frames and the receiver decrypts once for all of them. It never waits for more
+ * frames (no timer, no I/O): a lone message goes out alone. Chunks of large messages are encrypted
+ * where they lie, never copied into a frame first.
  *
  * Timers (all behind the `Clock` seam): a KEEPALIVE frame goes out when nothing else was sent
  * for `keepaliveIntervalMs`; a session that received nothing for `deadPeerTimeoutMs` closes as
- * dead; each side replaces its send key after `rekeyAfterMessages` frames or
+ * dead; each side replaces its send key after `rekeyAfterMessages` Noise messages or
  * `rekeyAfterTimeMs`, whichever comes first.
  *
- * Rekey: the sender encrypts a REKEY frame under the old key, then calls `rekey()` on its send
- * cipher and resets its nonce to 0; the receiver does the same on its receive cipher when it
- * decrypts that frame. Noise's Rekey() keeps the nonce running, but with a fresh key a fresh
- * nonce sequence is safe, and it means every key, not just the first, gets the full
- * REJECT_AFTER_MESSAGES budget. Frames are encrypted and queued on the transport in one step, in
- * order, so no frame is ever encrypted under a key the peer is not using for it.
+ * Rekey: the sender puts a REKEY frame last in a Noise message encrypted under the old key, then
+ * calls `rekey()` on its send cipher and resets its nonce to 0; the receiver does the same on its
+ * receive cipher once it has handled that message. Noise's Rekey() keeps the nonce running, but
+ * with a fresh key a fresh nonce sequence is safe, and it means every key, not just the first,
+ * gets the full REJECT_AFTER_MESSAGES budget. Messages are encrypted and queued on the transport
+ * in one step, in order, so no message is ever encrypted under a key the peer is not using for it.
  *
- * Failures are told to nobody: a frame that fails authentication, a malformed frame or a message
- * over the limit closes the transport without a word to the peer and logs one local line.
+ * Failures are told to nobody: a message that fails authentication, a malformed frame or a
+ * message over the limit closes the transport without a word to the peer and logs one local line.
  *
  * @module
  */
 
+import process from "node:process";
 import { NodeDownError, PayloadTooLargeError, ProtocolError } from "../errors.ts";
 import {
   DEAD_PEER_TIMEOUT_MS,
   DEFAULT_MAX_MESSAGE_SIZE,
   KEEPALIVE_INTERVAL_MS,
+  MAX_FRAME_PLAINTEXT,
   MAX_MESSAGE_SIZE_LIMIT,
   REJECT_AFTER_MESSAGES,
   REKEY_AFTER_MESSAGES,
@@ -36,17 +45,19 @@ import {
 } from "./constants.ts";
 import {
   CloseCode,
+  CONTROL_FRAME_SIZE,
+  DATA_FIRST_HEADER,
+  DATA_HEADER,
   type DataFrame,
-  decodeFrame,
+  decodeFrames,
   encodeClose,
-  encodeData,
   encodeKeepalive,
   encodeRekey,
   FLAG_FIRST,
   FLAG_LAST,
   type Frame,
   FrameType,
-  maxDataChunk,
+  writeDataHeader,
 } from "./frames.ts";
 import { type Clock, realClock, type TimerHandle } from "./timers.ts";
 import type { CloseReason, PeerInfo, Session, Transport } from "./types.ts";
@@ -55,6 +66,11 @@ import type { CloseReason, PeerInfo, Session, Transport } from "./types.ts";
 export interface CipherLike {
   /** Encrypts with the current nonce, then increments it. */
   encryptWithAd(ad: Uint8Array, plaintext: Uint8Array): Uint8Array;
+  /**
+   * Optional: encrypts the concatenation of `parts` without joining them, returning ciphertext
+   * pieces then the tag (CipherState has it); without it the session joins the parts first.
+   */
+  encryptPartsWithAd?(ad: Uint8Array, parts: readonly Uint8Array[]): Uint8Array[];
   /** Decrypts with the current nonce and increments it; throws (nonce unchanged) on failure. */
   decryptWithAd(ad: Uint8Array, ciphertext: Uint8Array): Uint8Array;
   /** Replaces the key with REKEY(k) (Noise section 4.2). */
@@ -81,7 +97,7 @@ export interface SessionOptions {
   keepaliveIntervalMs?: number;
   /** Close as dead after this long without receiving (default 10 s; Infinity disables). */
   deadPeerTimeoutMs?: number;
-  /** Replace the send key after this many frames (default 2^60, at least 2). */
+  /** Replace the send key after this many Noise messages (default 2^60, at least 2). */
   rekeyAfterMessages?: bigint;
   /** Replace the send key once it is this old (default 120 s; Infinity disables). */
   rekeyAfterTimeMs?: number;
@@ -112,7 +128,78 @@ interface Reassembly {
 }
 
 const EMPTY = new Uint8Array(0);
-const noop = () => {};
+const NONE: readonly Outgoing[] = [];
+
+/** Room for DATA frames in one Noise message: one byte stays free for a REKEY frame. */
+const BATCH_ROOM = MAX_FRAME_PLAINTEXT - CONTROL_FRAME_SIZE;
+/** A message that does not fit whole into a batch is split only if this much of it fits. */
+const MIN_SPLIT = 1024;
+/** Chunks shorter than this are copied next to their header; longer ones stay where they are. */
+const INLINE_BELOW = 2048;
+/**
+ * A received payload is copied out of its Noise message when that message is over PIN_LIMIT
+ * bytes and the payload is under half of it (see #onData).
+ */
+const PIN_LIMIT = 4096;
+
+/**
+ * Gathers the plaintext of one Noise message as parts: headers and short chunks are copied into
+ * one buffer, long chunks are referenced where they lie. One instance serves every session: a
+ * batch is built, encrypted (or joined) and handed on synchronously, before the next one starts.
+ */
+class BatchBuilder {
+  readonly #buf = new Uint8Array(MAX_FRAME_PLAINTEXT);
+  #parts: Uint8Array[] = [];
+  #pos = 0;
+  #segment = 0;
+
+  reset(): void {
+    this.#parts = [];
+    this.#pos = 0;
+    this.#segment = 0;
+  }
+
+  dataHeader(id: number, flags: number, total: number | undefined, chunkLength: number): void {
+    this.#pos += writeDataHeader(this.#buf, this.#pos, id, flags, total, chunkLength);
+  }
+
+  chunk(chunk: Uint8Array): void {
+    if (chunk.length < INLINE_BELOW) {
+      this.#buf.set(chunk, this.#pos);
+      this.#pos += chunk.length;
+      return;
+    }
+    this.#flush();
+    this.#parts.push(chunk);
+  }
+
+  /** The parts, in order; valid until the next reset(). */
+  finish(): Uint8Array[] {
+    this.#flush();
+    return this.#parts;
+  }
+
+  #flush(): void {
+    if (this.#pos > this.#segment) this.#parts.push(this.#buf.subarray(this.#segment, this.#pos));
+    this.#segment = this.#pos;
+  }
+}
+
+const batch = new BatchBuilder();
+const REKEY_FRAME = encodeRekey();
+
+function join(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return new Uint8Array(parts[0]!);
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
 
 function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
@@ -124,8 +211,8 @@ function checkPositive(name: string, value: number): number {
 }
 
 /**
- * An established session over `transport`. With `ciphers` every frame is a Noise transport
- * message encrypted with `ciphers.send` and decrypted with `ciphers.recv`. With `ciphers: null`
+ * An established session over `transport`. With `ciphers` the frames travel in Noise transport
+ * messages encrypted with `ciphers.send` and decrypted with `ciphers.recv`. With `ciphers: null`
  * the frames travel UNENCRYPTED and UNAUTHENTICATED — that mode exists only as the benchmark's
  * in-run baseline (the cost of Noise is the difference) and must never carry real traffic.
  *
@@ -161,8 +248,10 @@ export class NoiseSession implements Session {
   #open = true;
   #reason: CloseReason | null = null;
   #ring: Outgoing[] = [];
-  #inFlight: Outgoing | null = null;
+  #ringHead = 0;
+  #inFlight: readonly Outgoing[] = NONE;
   #writing = false;
+  #flushScheduled = false;
   #nextId = 0;
 
   #lastSent: number;
@@ -234,6 +323,10 @@ export class NoiseSession implements Session {
    * until the promise settles. Messages sent concurrently share the wire frame by frame, so a
    * short one may arrive before a long one sent earlier; a message sent after another's
    * `send()` resolved always arrives after it.
+   *
+   * The message is framed at the end of the current tick (process.nextTick, the point where the
+   * TCP transport flushes its corked writes anyway), together with every other message sent by
+   * then: no timer, no wait for I/O. A `close()` in the same tick still sends it first.
    */
   send(message: Uint8Array): Promise<void> {
     if (!this.#open) return Promise.reject(this.#downError());
@@ -249,7 +342,10 @@ export class NoiseSession implements Session {
       const id = this.#nextId;
       this.#nextId = (id + 1) >>> 0;
       this.#ring.push({ id, data: message, offset: 0, started: false, resolve, reject });
-      if (!this.#writing) void this.#writeLoop();
+      if (!this.#writing && !this.#flushScheduled) {
+        this.#flushScheduled = true;
+        process.nextTick(this.#flush);
+      }
     });
   }
 
@@ -266,31 +362,21 @@ export class NoiseSession implements Session {
 
   // --- sending ---------------------------------------------------------------------------------
 
+  #flush = (): void => {
+    this.#flushScheduled = false;
+    if (!this.#writing) void this.#writeLoop();
+  };
+
   async #writeLoop(): Promise<void> {
     this.#writing = true;
     try {
-      while (this.#open) {
-        const out = this.#ring.shift();
-        if (!out) break;
-        const first = !out.started;
-        const { data, offset } = out;
-        const length = Math.min(maxDataChunk(first), data.length - offset);
-        const last = offset + length === data.length;
-        const frame = encodeData(
-          out.id,
-          (first ? FLAG_FIRST : 0) | (last ? FLAG_LAST : 0),
-          first ? data.length : undefined,
-          data.subarray(offset, offset + length),
-        );
-        out.started = true;
-        out.offset += length;
-        if (last) this.#inFlight = out;
-        else this.#ring.push(out); // round-robin: back of the line after every frame
-        await this.#emit(frame);
-        if (last) {
-          this.#inFlight = null;
-          out.resolve();
-        }
+      while (this.#open && this.#ringHead < this.#ring.length) {
+        const done: Outgoing[] = [];
+        const parts = this.#fillBatch(done);
+        this.#inFlight = done;
+        await this.#emit(parts, true);
+        this.#inFlight = NONE;
+        for (const out of done) out.resolve();
       }
     } catch (err) {
       this.#connectionLost(err);
@@ -300,44 +386,101 @@ export class NoiseSession implements Session {
   }
 
   /**
-   * Encrypts one frame and queues it on the transport, in one synchronous step so the wire order
-   * is the nonce order. Sends REKEY first when the send key is due for replacement by count.
+   * Packs the frames of the queued messages, round-robin, into one Noise message's plaintext:
+   * each message in turn gets one frame with as much of it as fits. A message that is not done
+   * goes to the back of the line; the batch ends when `room` does or the queue is empty.
+   * Finished messages are added to `done`.
    */
-  #emit(frame: Uint8Array, noRekey = false): Promise<void> {
-    const cipher = this.#send;
-    let wire = frame;
-    if (cipher) {
-      if (cipher.nonce >= REJECT_AFTER_MESSAGES) {
-        const why = `${REJECT_AFTER_MESSAGES} frames were sent under one key without a rekey`;
-        this.#abort(why, new NodeDownError(`session with ${this.#who} closed: ${why}`));
-        return Promise.reject(this.#downError());
-      }
-      if (!noRekey && cipher.nonce + 1n >= this.#rekeyAfterMessages) this.#rekeySend();
-      try {
-        wire = cipher.encryptWithAd(EMPTY, frame);
-      } catch (err) {
-        const why = `encryption failed: ${(err as Error).message}`;
-        this.#abort(why, new NodeDownError(`session with ${this.#who} closed: ${why}`));
-        return Promise.reject(this.#downError());
-      }
+  #fillBatch(done: Outgoing[], room = BATCH_ROOM): Uint8Array[] {
+    batch.reset();
+    const ring = this.#ring;
+    while (this.#ringHead < ring.length) {
+      const out = ring[this.#ringHead]!;
+      const first = !out.started;
+      const { data, offset } = out;
+      const left = data.length - offset;
+      const length = Math.min(left, room - (first ? DATA_FIRST_HEADER : DATA_HEADER));
+      const last = length === left;
+      if (!last && length < MIN_SPLIT) break; // it waits at the head of the line
+      ring[this.#ringHead++] = undefined as unknown as Outgoing;
+      batch.dataHeader(
+        out.id,
+        (first ? FLAG_FIRST : 0) | (last ? FLAG_LAST : 0),
+        first ? data.length : undefined,
+        length,
+      );
+      batch.chunk(data.subarray(offset, offset + length));
+      room -= (first ? DATA_FIRST_HEADER : DATA_HEADER) + length;
+      out.started = true;
+      out.offset += length;
+      if (last) done.push(out);
+      else ring.push(out); // round-robin: back of the line after every frame
     }
-    this.#lastSent = this.#clock.now();
-    return this.#transport.send(wire);
+    if (this.#ringHead === ring.length) {
+      this.#ring = [];
+      this.#ringHead = 0;
+    } else if (this.#ringHead > 1024 && this.#ringHead * 2 > ring.length) {
+      this.#ring = ring.slice(this.#ringHead);
+      this.#ringHead = 0;
+    }
+    return batch.finish();
   }
 
-  /** REKEY under the old key, then switch: rekey() and a fresh nonce sequence. */
+  /**
+   * Encrypts one Noise message made of the frames in `parts` and queues it on the transport, in
+   * one synchronous step so the wire order is the nonce order. With `rekeyWhenDue`, a REKEY frame
+   * is added last when the send key is due for replacement by count, and the key is replaced
+   * right after. `parts` may be changed.
+   */
+  #emit(parts: Uint8Array[], rekeyWhenDue: boolean): Promise<void> {
+    const cipher = this.#send;
+    if (!cipher) {
+      this.#lastSent = this.#clock.now();
+      return this.#transport.send(join(parts));
+    }
+    if (cipher.nonce >= REJECT_AFTER_MESSAGES) {
+      const why = `${REJECT_AFTER_MESSAGES} messages were sent under one key without a rekey`;
+      this.#abort(why, new NodeDownError(`session with ${this.#who} closed: ${why}`));
+      return Promise.reject(this.#downError());
+    }
+    const rekey = rekeyWhenDue && cipher.nonce + 1n >= this.#rekeyAfterMessages;
+    if (rekey) parts.push(REKEY_FRAME);
+    let wire: Uint8Array[];
+    try {
+      wire = cipher.encryptPartsWithAd
+        ? cipher.encryptPartsWithAd(EMPTY, parts)
+        : [cipher.encryptWithAd(EMPTY, join(parts))];
+    } catch (err) {
+      const why = `encryption failed: ${(err as Error).message}`;
+      this.#abort(why, new NodeDownError(`session with ${this.#who} closed: ${why}`));
+      return Promise.reject(this.#downError());
+    }
+    const now = this.#clock.now();
+    if (rekey) this.#switchSendKey(cipher, now);
+    this.#lastSent = now;
+    const transport = this.#transport;
+    if (transport.sendParts) return transport.sendParts(wire);
+    return transport.send(wire.length === 1 ? wire[0]! : join(wire));
+  }
+
+  #switchSendKey(cipher: CipherLike, now: number): void {
+    cipher.rekey();
+    cipher.setNonce(0n);
+    this.#sendKeySince = now;
+  }
+
+  /** A REKEY frame alone under the old key, then the switch: rekey() and a fresh nonce sequence. */
   #rekeySend(): void {
     const cipher = this.#send;
     if (!cipher) return;
-    this.#emit(encodeRekey(), true).catch((err) => this.#connectionLost(err));
+    const sent = this.#emit([REKEY_FRAME], false);
+    sent.catch((err) => this.#connectionLost(err));
     if (!this.#open) return;
-    cipher.rekey();
-    cipher.setNonce(0n);
-    this.#sendKeySince = this.#clock.now();
+    this.#switchSendKey(cipher, this.#clock.now());
   }
 
   #emitControl(frame: Uint8Array): void {
-    this.#emit(frame).catch((err) => this.#connectionLost(err));
+    this.#emit([frame], true).catch((err) => this.#connectionLost(err));
   }
 
   // --- receiving -------------------------------------------------------------------------------
@@ -373,47 +516,61 @@ export class NoiseSession implements Session {
     if (cipher) {
       if (cipher.nonce >= REJECT_AFTER_MESSAGES) {
         return this.#protocolAbort(
-          `the peer sent ${REJECT_AFTER_MESSAGES} frames under one key without a rekey`,
+          `the peer sent ${REJECT_AFTER_MESSAGES} messages under one key without a rekey`,
         );
       }
       if (wire.length < TAG_LENGTH) {
         return this.#protocolAbort(
-          `frame of ${wire.length} bytes is shorter than its authentication tag`,
+          `message of ${wire.length} bytes is shorter than its authentication tag`,
         );
       }
       try {
         plaintext = cipher.decryptWithAd(EMPTY, wire);
       } catch {
-        return this.#protocolAbort("frame failed authentication");
+        return this.#protocolAbort("message failed authentication");
       }
     }
-    let frame: Frame;
+    let frames: Frame[];
     try {
-      frame = decodeFrame(plaintext);
+      frames = decodeFrames(plaintext);
     } catch (err) {
       return this.#protocolAbort(`malformed frame: ${(err as Error).message}`);
     }
-    switch (frame.type) {
-      case FrameType.Data:
-        return this.#onData(frame);
-      case FrameType.Keepalive:
-        return;
-      case FrameType.Rekey:
-        if (cipher) {
-          cipher.rekey();
-          cipher.setNonce(0n);
+    for (const frame of frames) {
+      switch (frame.type) {
+        case FrameType.Data:
+          this.#onData(frame, plaintext.length);
+          if (!this.#open) return;
+          break;
+        case FrameType.Keepalive:
+          break;
+        case FrameType.Rekey: // always the last frame (decodeFrames checks)
+          if (cipher) {
+            cipher.rekey();
+            cipher.setNonce(0n);
+          }
+          break;
+        case FrameType.Close: { // always the last frame
+          const code = frame.code === CloseCode.Normal ? "" : ` (code ${frame.code})`;
+          const message = (frame.reason || "closed by the peer") + code;
+          return this.#finish({ kind: "remote", message }, null);
         }
-        return;
-      case FrameType.Close: {
-        const code = frame.code === CloseCode.Normal ? "" : ` (code ${frame.code})`;
-        const message = (frame.reason || "closed by the peer") + code;
-        return this.#finish({ kind: "remote", message }, null);
       }
     }
   }
 
-  #onData(frame: DataFrame): void {
-    const { messageId: id, payload } = frame;
+  /**
+   * Handles one DATA frame of a Noise message of `plaintextLength` bytes. A payload kept for the
+   * application is a view into the decrypted message unless it is a small part of a large one:
+   * then it is copied, so a small message held by the application pins at most 4 KiB, or twice
+   * its size, not a 64 KiB buffer.
+   */
+  #onData(frame: DataFrame, plaintextLength: number): void {
+    const { messageId: id } = frame;
+    let payload = frame.payload;
+    if (plaintextLength > PIN_LIMIT && payload.length * 2 < plaintextLength) {
+      payload = payload.slice();
+    }
     if (frame.totalLength !== undefined) {
       const total = frame.totalLength;
       if (this.#partials.has(id)) return this.#protocolAbort(`message ${id} started twice`);
@@ -545,11 +702,22 @@ export class NoiseSession implements Session {
   #finish(reason: CloseReason, closeMessage: string | null): void {
     if (!this.#open) return;
     if (closeMessage !== null) {
-      // Still open here, so #emit may use the send key one last time.
+      // Still open here, so #emit may use the send key one last time: what is queued and fits
+      // goes out in the same Noise message, CLOSE last.
+      const close = encodeClose(CloseCode.Normal, closeMessage);
+      const done: Outgoing[] = [];
+      const parts = this.#ringHead < this.#ring.length
+        ? this.#fillBatch(done, MAX_FRAME_PLAINTEXT - close.length)
+        : [];
+      parts.push(close);
       try {
-        this.#emit(encodeClose(CloseCode.Normal, closeMessage), true).catch(noop);
-      } catch {
+        this.#emit(parts, false).then(
+          () => done.forEach((out) => out.resolve()),
+          (err) => done.forEach((out) => out.reject(err)),
+        );
+      } catch (err) {
         // The transport refused synchronously; the close goes ahead regardless.
+        done.forEach((out) => out.reject(err as Error));
       }
     }
     if (!this.#open) return; // #emit found the key exhausted and already ended the session
@@ -559,10 +727,14 @@ export class NoiseSession implements Session {
     this.#send?.wipe?.();
     this.#recv?.wipe?.();
     this.#transport.close();
-    const err = this.#downError(reason);
-    for (const out of this.#ring.splice(0)) out.reject(err);
-    this.#inFlight?.reject(err);
-    this.#inFlight = null;
+    const pending = [...this.#ring.slice(this.#ringHead), ...this.#inFlight];
+    this.#ring = [];
+    this.#ringHead = 0;
+    this.#inFlight = NONE;
+    if (pending.length > 0) {
+      const err = this.#downError(reason); // an Error is costly to build: only when needed
+      for (const out of pending) out.reject(err);
+    }
     this.#partials.clear();
     for (const reader of this.#readers.splice(0)) reader({ done: true, value: undefined });
     this.#resumeReading?.();

@@ -1,8 +1,9 @@
 /**
  * TCP `Transport`: the only module with socket code. Each wire message travels as a 2-byte
- * big-endian length followed by the message (at most 65535 bytes). Writes made in the same tick
- * are corked into one `writev`; `send()` waits for the socket to drain only once a megabyte is
- * buffered; reading pauses the socket when the consumer falls behind.
+ * big-endian length followed by the message (at most 65535 bytes); `sendParts()` writes a message
+ * given in pieces without joining its long pieces. Writes made in the same tick are corked into
+ * one `writev`; sending waits for the socket to drain only once a megabyte is buffered; reading
+ * pauses the socket when the consumer falls behind.
  *
  * @module
  */
@@ -82,6 +83,18 @@ export class WireDecoder {
     }
     if (i < n) this.#highByte = chunk[i]!;
   }
+}
+
+/** The pieces of `run` (`length` bytes in all) as one array; a lone piece as it is. */
+function joinRun(run: readonly Uint8Array[], length: number): Uint8Array {
+  if (run.length === 1) return run[0]!;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const piece of run) {
+    out.set(piece, at);
+    at += piece.length;
+  }
+  return out;
 }
 
 /** "host:port", with brackets around an IPv6 host. */
@@ -173,7 +186,16 @@ class TcpTransport implements Transport {
   }
 
   send(message: Uint8Array): Promise<void> {
-    const length = message.length;
+    return this.sendParts([message]);
+  }
+
+  /**
+   * One wire message made of `parts`: the length prefix and runs of short parts are copied into
+   * one buffer each, long parts are written as they are (all corked into one writev).
+   */
+  sendParts(parts: readonly Uint8Array[]): Promise<void> {
+    let length = 0;
+    for (const part of parts) length += part.length;
     if (length > NOISE_MAX_MESSAGE) {
       return Promise.reject(
         new RangeError(`wire message of ${length} bytes exceeds ${NOISE_MAX_MESSAGE}`),
@@ -188,17 +210,24 @@ class TcpTransport implements Transport {
       socket.cork();
       process.nextTick(this.#uncork);
     }
-    let ok: boolean;
-    if (length < COPY_BELOW) {
-      const framed = new Uint8Array(TCP_LENGTH_PREFIX + length);
-      framed[0] = length >>> 8;
-      framed[1] = length & 0xff;
-      framed.set(message, TCP_LENGTH_PREFIX);
-      ok = socket.write(framed);
-    } else {
-      socket.write(Uint8Array.of(length >>> 8, length & 0xff));
-      ok = socket.write(message);
+    let ok = true;
+    // Short pieces waiting to be written together, starting with the length prefix.
+    let run: Uint8Array[] = [Uint8Array.of(length >>> 8, length & 0xff)];
+    let runLength = TCP_LENGTH_PREFIX;
+    for (const part of parts) {
+      if (part.length < COPY_BELOW) {
+        run.push(part);
+        runLength += part.length;
+        continue;
+      }
+      if (runLength > 0) {
+        ok = socket.write(joinRun(run, runLength));
+        run = [];
+        runLength = 0;
+      }
+      ok = socket.write(part);
     }
+    if (runLength > 0) ok = socket.write(joinRun(run, runLength));
     if (ok || socket.writableLength < TCP_WRITE_HIGH_WATER) return RESOLVED;
     return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
   }

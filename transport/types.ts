@@ -13,6 +13,12 @@
 export interface Transport extends AsyncIterable<Uint8Array> {
   /** Queues one wire message; resolves when the channel accepted it (backpressure). */
   send(message: Uint8Array): Promise<void>;
+  /**
+   * Optional: queues ONE wire message made of `parts` back to back, as `send()` of their
+   * concatenation would, without the caller joining them first. The transport may keep the
+   * arrays until they are written: do not modify them afterwards.
+   */
+  sendParts?(parts: readonly Uint8Array[]): Promise<void>;
   /** Closes both directions; idempotent. */
   close(): void;
   /** Resolves once the channel is closed, by either side. */
