@@ -503,3 +503,24 @@ Deno.test("dh() notices a key array changed in place and does not reuse its cach
   wipe(mine);
   assertEquals(mine, new Uint8Array(32));
 });
+
+Deno.test("abandon() wipes a handshake given up midway and leaves it unusable", () => {
+  const ephemeral = keyPairFromPrivate(KEYS.initiatorEphemeral);
+  const initiator = new HandshakeState({
+    protocolName: XXPSK0,
+    initiator: true,
+    prologue: text("nodectl test"),
+    s: keyPairFromPrivate(KEYS.initiatorStatic),
+    e: ephemeral,
+    psks: [KEYS.psk],
+  });
+  const [, responder] = pair();
+  responder.readMessage(initiator.writeMessage(EMPTY));
+  initiator.readMessage(responder.writeMessage(EMPTY));
+  initiator.abandon();
+  assertEquals(initiator.status, "failed");
+  assert(ephemeral.privateKey.every((b) => b === 0), "the ephemeral private key is wiped");
+  assertThrows(() => initiator.writeMessage(EMPTY), HandshakeStateError);
+  initiator.abandon(); // idempotent
+  assertEquals(initiator.status, "failed");
+});

@@ -27,10 +27,10 @@
 import { decode as cborDecode, encode as cborEncode } from "cborg";
 import { AuthFailedError, NodeDownError, ProtocolError, TimeoutError } from "../errors.ts";
 import { PROTOCOL_VERSION } from "../version.ts";
-import { type KeyPair, publicKeyFingerprint, wipe } from "./crypto.ts";
+import { type KeyPair, publicKeyFingerprint } from "./crypto.ts";
 import { keyChangedMessage, type KnownNodes, notListedMessage } from "./known_nodes.ts";
-import { HandshakeState } from "./noise_state.ts";
-import { NoiseSession, type SessionOptions } from "./session.ts";
+import { type CipherState, HandshakeState } from "./noise_state.ts";
+import { NoiseSession, type SessionCiphers, type SessionOptions } from "./session.ts";
 import type { PeerInfo, Session, Transport } from "./types.ts";
 
 /** The Noise protocol nodectl speaks. */
@@ -161,8 +161,8 @@ function checkPeerKey(
   cfg: HandshakeConfig,
   peer: Hello,
   key: Uint8Array,
-  refusedBy: "local",
 ): AuthFailedError | undefined {
+  const refusedBy = "local";
   const known = cfg.knownNodes;
   if (!known) return undefined;
   const verdict = known.check(peer.name, key);
@@ -230,6 +230,7 @@ export async function initiate(
   });
   const reader = new Reader(transport, dl.signal);
   const where = `${expectedName} (${transport.remoteAddress})`;
+  let ciphers: [CipherState, CipherState] | undefined;
   try {
     await transport.send(withType(MSG_INIT, hs.writeMessage(new Uint8Array(0)), version));
     const m2 = await reader.next();
@@ -254,6 +255,8 @@ export async function initiate(
     try {
       hello = decodeHello(hs.readMessage(m2.subarray(1)));
     } catch (err) {
+      hs.abandon();
+      for (const c of ciphers ?? []) c.wipe();
       if (err instanceof ProtocolError) throw err;
       throw new AuthFailedError(
         `${where} answered with a handshake that does not authenticate under our cookie: the cookies differ`,
@@ -269,7 +272,7 @@ export async function initiate(
         "local",
       );
     }
-    const refusal = checkPeerKey(cfg, hello, remoteKey, "local");
+    const refusal = checkPeerKey(cfg, hello, remoteKey);
     if (refusal) throw refusal;
     await transport.send(
       withType(
@@ -277,7 +280,8 @@ export async function initiate(
         hs.writeMessage(encodeHello({ name: cfg.localName, hidden: cfg.hidden ?? false })),
       ),
     );
-    const [send, recv] = hs.split();
+    ciphers = hs.split();
+    const [send, recv] = ciphers;
     const m4 = await reader.next();
     if (m4 === undefined) {
       throw new AuthFailedError(
@@ -296,13 +300,7 @@ export async function initiate(
     } catch {
       throw new ProtocolError(`${where} sent a handshake confirmation that failed authentication`);
     }
-    const peer: PeerInfo = {
-      name: hello.name,
-      publicKey: remoteKey,
-      fingerprint: publicKeyFingerprint(remoteKey),
-      hidden: hello.hidden,
-    };
-    return new NoiseSession(transport, { send, recv }, peer, sessionOptions(cfg, reader));
+    return establish(transport, hello, remoteKey, { send, recv }, cfg, reader);
   } catch (err) {
     transport.close();
     if (dl.signal.aborted && !(err instanceof AuthFailedError || err instanceof ProtocolError)) {
@@ -322,8 +320,27 @@ export async function initiate(
   }
 }
 
-function sessionOptions(cfg: HandshakeConfig, reader: Reader): SessionOptions {
-  return { ...cfg.session, ...(cfg.log ? { log: cfg.log } : {}), iterator: reader.iterator };
+/** The session that follows a completed handshake, reading on from the handshake's iterator. */
+function establish(
+  transport: Transport,
+  hello: Hello,
+  remoteKey: Uint8Array,
+  ciphers: SessionCiphers,
+  cfg: HandshakeConfig,
+  reader: Reader,
+): Session {
+  const peer: PeerInfo = {
+    name: hello.name,
+    publicKey: remoteKey,
+    fingerprint: publicKeyFingerprint(remoteKey),
+    hidden: hello.hidden,
+  };
+  const options: SessionOptions = {
+    ...cfg.session,
+    ...(cfg.log ? { log: cfg.log } : {}),
+    iterator: reader.iterator,
+  };
+  return new NoiseSession(transport, ciphers, peer, options);
 }
 
 /**
@@ -342,6 +359,7 @@ export async function respond(
   const from = transport.remoteAddress;
   const log = cfg.log ?? (() => {});
   let hs: HandshakeState | undefined;
+  let established = false;
   try {
     const m1 = await reader.next();
     if (m1 === undefined) {
@@ -402,7 +420,7 @@ export async function respond(
       return undefined;
     }
     const remoteKey = hs.remoteStatic!;
-    const refusal = checkPeerKey(cfg, hello, remoteKey, "local");
+    const refusal = checkPeerKey(cfg, hello, remoteKey);
     if (refusal) {
       log(`refused ${hello.name} from ${from}: ${refusal.message}`);
       transport.close();
@@ -412,13 +430,8 @@ export async function respond(
     await transport.send(
       withType(MSG_ACCEPT, send.encryptWithAd(new Uint8Array(0), new Uint8Array(0))),
     );
-    const peer: PeerInfo = {
-      name: hello.name,
-      publicKey: remoteKey,
-      fingerprint: publicKeyFingerprint(remoteKey),
-      hidden: hello.hidden,
-    };
-    return new NoiseSession(transport, { send, recv }, peer, sessionOptions(cfg, reader));
+    established = true;
+    return establish(transport, hello, remoteKey, { send, recv }, cfg, reader);
   } catch (err) {
     const why = dl.signal.aborted
       ? `no complete handshake within ${timeoutMs} ms`
@@ -428,6 +441,6 @@ export async function respond(
     return undefined;
   } finally {
     dl.done();
-    void wipe;
+    if (!established) hs?.abandon();
   }
 }

@@ -638,6 +638,14 @@ export class HandshakeState {
     return value;
   }
 
+  /**
+   * Gives the handshake up (the caller refused the peer, or a deadline passed): wipes its
+   * secrets and leaves it "failed". Idempotent; a split handshake has nothing left to wipe.
+   */
+  abandon(): void {
+    if (this.#status !== "split" && this.#status !== "failed") this.#fail();
+  }
+
   #fail(): void {
     this.#status = "failed";
     this.#wipeSecrets();
