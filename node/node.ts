@@ -288,15 +288,8 @@ export class Node {
     options: CallOptions = {},
   ): Promise<unknown> {
     try {
-      if (!Array.isArray(args)) {
-        throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
-      }
-      const timeoutMs = options.timeoutMs === undefined
-        ? this.callTimeoutMs
-        : checkTimeout(options.timeoutMs, "timeoutMs");
-      this.#checkRunning();
-      const target = options.node === undefined ? undefined : parseNodeName(options.node);
-      if (!target || target.name === this.name) {
+      const { timeoutMs, target } = this.#prepareCall(service, fn, args, options);
+      if (!target) {
         return withDeadline(
           this.#services.invoke(service, fn, args, "local"),
           timeoutMs,
@@ -318,6 +311,28 @@ export class Node {
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /**
+   * What a call and a cast check first: the arguments are an array, the timeout is valid and
+   * the node is running. `target` is the node to send to, or undefined to run in-process (no
+   * node given, or this node's own name).
+   */
+  #prepareCall(
+    service: string,
+    fn: string,
+    args: unknown[],
+    options: CallOptions,
+  ): { timeoutMs: number; target: NodeName | undefined } {
+    if (!Array.isArray(args)) {
+      throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
+    }
+    const timeoutMs = options.timeoutMs === undefined
+      ? this.callTimeoutMs
+      : checkTimeout(options.timeoutMs, "timeoutMs");
+    this.#checkRunning();
+    const target = options.node === undefined ? undefined : parseNodeName(options.node);
+    return { timeoutMs, target: target && target.name !== this.name ? target : undefined };
   }
 
   /** A call that has to connect first: one deadline covers connecting and the call. */
@@ -360,15 +375,8 @@ export class Node {
     options: CallOptions = {},
   ): Promise<void> {
     try {
-      if (!Array.isArray(args)) {
-        throw new BadArgError(`arguments of ${service}.${fn} must be an array`);
-      }
-      const timeoutMs = options.timeoutMs === undefined
-        ? this.callTimeoutMs
-        : checkTimeout(options.timeoutMs, "timeoutMs");
-      this.#checkRunning();
-      const target = options.node === undefined ? undefined : parseNodeName(options.node);
-      if (!target || target.name === this.name) {
+      const { timeoutMs, target } = this.#prepareCall(service, fn, args, options);
+      if (!target) {
         this.#services.invoke(service, fn, args, "local").catch((err) =>
           this.#log("warn", `cast ${service}.${fn} failed: ${message(err)}`)
         );

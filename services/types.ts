@@ -1,30 +1,13 @@
 /**
- * The shapes services are written against, structurally matching what `node/` registers and
- * calls, so services stay decoupled from the node layer and testable without a network.
+ * The shapes services are written against. The service types are `node/`'s own, imported as
+ * types only, so services carry no runtime dependency on the node layer and stay testable
+ * without a network.
  *
  * @module
  */
 import type { PeerInfo } from "../transport/types.ts";
 
-/** Who is calling: a peer over an authenticated session, or code in this process. */
-export interface CallContext {
-  /** The remote peer, or `"local"` for an in-process caller. */
-  readonly caller: PeerInfo | "local";
-}
-
-/** A function a service exposes; arguments arrive exactly as the caller sent them (unknown). */
-export type ServiceFunction = (ctx: CallContext, ...args: unknown[]) => unknown;
-
-/** What a service registers with the node: its functions and an optional per-function allowlist. */
-export interface ServiceDefinition {
-  /** Callable functions by name. */
-  functions: Record<string, ServiceFunction>;
-  /**
-   * Per-function allowlist of peer node names or key fingerprints; `"local"` admits in-process
-   * callers. A function without an entry is open to every authenticated peer.
-   */
-  allow?: Partial<Record<string, string[]>>;
-}
+export type { CallContext, ServiceDefinition, ServiceFunction } from "../node/services.ts";
 
 /** Calls `fn` of `service` on a node fixed by whoever built the caller (e.g. `node.call`). */
 export type Caller = (service: string, fn: string, args: unknown[]) => Promise<unknown>;

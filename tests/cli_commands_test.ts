@@ -2,15 +2,12 @@
  * The CLI's own behaviour with the compiled binary: usage errors, exit codes per error kind,
  * cookie and key handling, pinning, and that no secret leaks into argv, logs or errors.
  */
-import { readFileSync, rmSync, statSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { ensureBinary } from "./support/binary.ts";
 import { createNodeHome, runNodectl, startNode, stopAll } from "./support/processes.ts";
-
-function mode(path: string): number {
-  return statSync(path).mode & 0o777;
-}
+import { fileMode } from "./support/temp.ts";
 
 Deno.test("serve refuses an unknown role, a name without a host, and role-less flags with exit 2", async () => {
   const home = createNodeHome();
@@ -93,8 +90,8 @@ Deno.test("cookie new writes a 0600 file in a 0700 directory, prints no cookie, 
     assertEquals(made.code, 0, made.stderr);
     const path = join(home.dir, "config", "nodectl", "cookie");
     const cookie = readFileSync(path, "utf8").trim();
-    assertEquals(mode(path), 0o600);
-    assertEquals(mode(join(home.dir, "config", "nodectl")), 0o700);
+    assertEquals(fileMode(path), 0o600);
+    assertEquals(fileMode(join(home.dir, "config", "nodectl")), 0o700);
     assert(cookie.length >= 43);
     assert(!made.stdout.includes(cookie) && !made.stderr.includes(cookie));
     const again = await runNodectl(["cookie", "new"], home, { env });

@@ -3,14 +3,10 @@ import {
   chmodSync,
   existsSync,
   mkdirSync,
-  mkdtempSync,
   readdirSync,
   readFileSync,
-  rmSync,
-  statSync,
   writeFileSync,
 } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError } from "../errors.ts";
 import {
@@ -28,23 +24,12 @@ import {
   assertNotEquals,
   assertThrows,
 } from "./support/assert.ts";
+import { race, transportModuleUrl } from "./support/race.ts";
+import { fileMode, tempDirWrapper } from "./support/temp.ts";
 
 const ERLANG_STYLE = "OUSXEQHLTDKZGXXTAKHZ";
 
-function withTempDir(fn: (dir: string) => void | Promise<void>): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), "nodectl-cookie-"));
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
-
-function mode(path: string): number {
-  return statSync(path).mode & 0o777;
-}
+const withTempDir = tempDirWrapper("nodectl-cookie-");
 
 Deno.test("derivePsk() gives 32 bytes, the same for the same cookie and different for another", () => {
   const a = derivePsk(ERLANG_STYLE);
@@ -149,8 +134,8 @@ Deno.test(
     assertEquals(first.source, "file");
     assertEquals(first.path, path);
     assertEquals(first.created, true);
-    assertEquals(mode(path), 0o600);
-    assertEquals(mode(configDir), 0o700);
+    assertEquals(fileMode(path), 0o600);
+    assertEquals(fileMode(configDir), 0o700);
     assertEquals(readFileSync(path, "utf8"), first.cookie + "\n");
     checkCookieStrength(first.cookie);
 
@@ -290,8 +275,8 @@ Deno.test(
     mkdirSync(configDir, { mode: 0o755 });
     chmodSync(configDir, 0o755);
     const loaded = loadCookie({ env: {}, configDir, create: true });
-    assertEquals(mode(configDir), 0o755);
-    assertEquals(mode(loaded.path!), 0o600);
+    assertEquals(fileMode(configDir), 0o755);
+    assertEquals(fileMode(loaded.path!), 0o600);
   }),
 );
 
@@ -303,7 +288,7 @@ Deno.test(
       dir,
       6,
       `
-      const { loadCookie } = await import(${JSON.stringify(moduleUrl("cookie.ts"))});
+      const { loadCookie } = await import(${JSON.stringify(transportModuleUrl("cookie.ts"))});
       const r = loadCookie({ env: {}, configDir: ${JSON.stringify(configDir)}, create: true });
       return { cookie: r.cookie, created: r.created };
     `,
@@ -314,50 +299,3 @@ Deno.test(
     assertEquals(readdirSync(configDir), ["cookie"]);
   }),
 );
-
-function moduleUrl(file: string): string {
-  return new URL(`../transport/${file}`, import.meta.url).href;
-}
-
-/**
- * Runs `body` (an async function body returning JSON) in `n` child processes that start it at
- * the same moment, and resolves to what each returned.
- */
-async function race(dir: string, n: number, body: string): Promise<unknown[]> {
-  const script = join(dir, "race_child.ts");
-  const go = join(dir, "go");
-  writeFileSync(
-    script,
-    `import { existsSync, writeFileSync } from "node:fs";
-const [ready, go] = Deno.args;
-writeFileSync(ready, "");
-while (!existsSync(go)) await new Promise((resolve) => setTimeout(resolve, 1));
-const result = await (async () => { ${body} })();
-console.log(JSON.stringify(result));
-`,
-  );
-  const exited = new Array<boolean>(n).fill(false);
-  const children = Array.from({ length: n }, (_, i) => {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", "--no-lock", script, join(dir, `ready-${i}`), go],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    child.status.then(() => exited[i] = true);
-    return child;
-  });
-  const allReady = () => exited.every((_, i) => existsSync(join(dir, `ready-${i}`)));
-  while (!allReady() && !exited.some((e) => e)) {
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-  writeFileSync(go, "");
-  const outputs = await Promise.all(children.map((c) => c.output()));
-  for (let i = 0; i < n; i++) rmSync(join(dir, `ready-${i}`), { force: true });
-  rmSync(go);
-  rmSync(script);
-  return outputs.map((out) => {
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert(out.success, `child failed: ${stderr}`);
-    return JSON.parse(new TextDecoder().decode(out.stdout));
-  });
-}

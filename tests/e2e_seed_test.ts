@@ -9,9 +9,11 @@ import {
   createNodeHome,
   describeResult,
   type ManagedProcess,
+  type NodeHome,
   randomCookie,
   runNodectl,
   sleep,
+  type StartedNode,
   startNode,
   stopAll,
   WAIT_MS,
@@ -98,28 +100,64 @@ async function publicHttpPort(p: ManagedProcess): Promise<number> {
   return Number(m[2]);
 }
 
-Deno.test("step 0: a private node alone serves get_data to a caller on the same host", async () => {
-  const home = createNodeHome();
-  try {
-    const node = await startNode(
-      ["--role", "private", "--sname", "private", "--listen", "127.0.0.1:0"],
-      home,
-      { label: "private node" },
-    );
+/** A test body run with a fresh node home; every process is stopped and the home removed after. */
+function withNodeHome(fn: (home: NodeHome) => Promise<void>): () => Promise<void> {
+  return async () => {
+    const home = createNodeHome();
+    try {
+      await fn(home);
+    } finally {
+      await stopAll();
+      home.cleanup();
+    }
+  };
+}
+
+/** Starts a private node named by `naming` (`--sname`/`--name` and its value) on loopback. */
+function startPrivateNode(home: NodeHome, naming: string[]): Promise<StartedNode> {
+  return startNode(["--role", "private", ...naming, "--listen", "127.0.0.1:0"], home, {
+    label: "private node",
+  });
+}
+
+/** Starts a public node named by `naming`, with HTTP on loopback, that reads from `privateNode`. */
+function startPublicNode(
+  home: NodeHome,
+  naming: string[],
+  privateNode: string,
+): Promise<StartedNode> {
+  return startNode(
+    [
+      "--role",
+      "public",
+      ...naming,
+      "--listen",
+      "127.0.0.1:0",
+      "--http",
+      "127.0.0.1:0",
+      "--private-node",
+      privateNode,
+    ],
+    home,
+    { label: "public node" },
+  );
+}
+
+Deno.test(
+  "step 0: a private node alone serves get_data to a caller on the same host",
+  withNodeHome(async (home) => {
+    const node = await startPrivateNode(home, ["--sname", "private"]);
     assertEquals(node.name, `private@${SHORT_HOST}`);
     await node.process.waitForLine(/\[info\]\s+SecretService started/);
     const r = await runNodectl(["call", "get_data", "--to", `private@${SHORT_HOST}`], home);
     assertCallReturns(r, "secret data", "call get_data --to private@<shorthost>");
     await assertStopsCleanly(node.process);
-  } finally {
-    await stopAll();
-    home.cleanup();
-  }
-});
+  }),
+);
 
-Deno.test("step 1: private and public roles in one process serve the secret over HTTP", async () => {
-  const home = createNodeHome();
-  try {
+Deno.test(
+  "step 1: private and public roles in one process serve the secret over HTTP",
+  withNodeHome(async (home) => {
     const node = await startNode(
       [
         "--role",
@@ -139,160 +177,101 @@ Deno.test("step 1: private and public roles in one process serve the secret over
     const data = await httpGet(port, "/data");
     assertEquals(data, { status: 200, body: "secret data" }, node.process.transcript());
     await assertStopsCleanly(node.process);
-  } finally {
-    await stopAll();
-    home.cleanup();
-  }
-});
+  }),
+);
 
 Deno.test(
   "step 2: SecretService is not on the public node (noproc, exit 3) but the private node serves it",
-  async () => {
-    const home = createNodeHome();
-    try {
-      const priv = await startNode(
-        ["--role", "private", "--sname", "private", "--listen", "127.0.0.1:0"],
-        home,
-        { label: "private node" },
-      );
-      const pub = await startNode(
-        [
-          "--role",
-          "public",
-          "--sname",
-          "public",
-          "--listen",
-          "127.0.0.1:0",
-          "--http",
-          "127.0.0.1:0",
-          "--private-node",
-          `private@${SHORT_HOST}`,
-        ],
-        home,
-        { label: "public node" },
-      );
-      assertEquals(pub.name, `public@${SHORT_HOST}`);
+  withNodeHome(async (home) => {
+    const priv = await startPrivateNode(home, ["--sname", "private"]);
+    const pub = await startPublicNode(home, ["--sname", "public"], `private@${SHORT_HOST}`);
+    assertEquals(pub.name, `public@${SHORT_HOST}`);
 
-      const wrongNode = await runNodectl(
-        ["call", "get_data", "--to", `public@${SHORT_HOST}`],
-        home,
-      );
-      assertOneLineFailure(wrongNode, 3, "call get_data --to public@<shorthost>");
-      assert(
-        wrongNode.stderr.includes(`public@${SHORT_HOST}`),
-        `the message names the node: ${wrongNode.stderr}`,
-      );
-      assert(
-        wrongNode.stderr.includes("SecretService"),
-        `the message names the missing service: ${wrongNode.stderr}`,
-      );
+    const wrongNode = await runNodectl(
+      ["call", "get_data", "--to", `public@${SHORT_HOST}`],
+      home,
+    );
+    assertOneLineFailure(wrongNode, 3, "call get_data --to public@<shorthost>");
+    assert(
+      wrongNode.stderr.includes(`public@${SHORT_HOST}`),
+      `the message names the node: ${wrongNode.stderr}`,
+    );
+    assert(
+      wrongNode.stderr.includes("SecretService"),
+      `the message names the missing service: ${wrongNode.stderr}`,
+    );
 
-      const qualified = await runNodectl(
-        ["call", "SecretService.get_data", "--to", `private@${SHORT_HOST}`],
-        home,
-      );
-      assertCallReturns(qualified, "secret data", "call SecretService.get_data --to private@…");
-      const bare = await runNodectl(["call", "get_data", "--to", `private@${SHORT_HOST}`], home);
-      assertCallReturns(bare, "secret data", "call get_data --to private@<shorthost>");
+    const qualified = await runNodectl(
+      ["call", "SecretService.get_data", "--to", `private@${SHORT_HOST}`],
+      home,
+    );
+    assertCallReturns(qualified, "secret data", "call SecretService.get_data --to private@…");
+    const bare = await runNodectl(["call", "get_data", "--to", `private@${SHORT_HOST}`], home);
+    assertCallReturns(bare, "secret data", "call get_data --to private@<shorthost>");
 
-      await assertStopsCleanly(pub.process);
-      await assertStopsCleanly(priv.process);
-    } finally {
-      await stopAll();
-      home.cleanup();
-    }
-  },
+    await assertStopsCleanly(pub.process);
+    await assertStopsCleanly(priv.process);
+  }),
 );
 
 Deno.test(
   "step 3: long names with a shared cookie connect; a wrong cookie is refused with exit 7 and logged as a cookie mismatch",
-  async () => {
-    const home = createNodeHome();
-    try {
-      const priv = await startNode(
-        ["--role", "private", "--name", "private@127.0.0.1", "--listen", "127.0.0.1:0"],
-        home,
-        { label: "private node" },
-      );
-      assertEquals(priv.name, "private@127.0.0.1");
-      const to = `private@127.0.0.1:${priv.port}`;
+  withNodeHome(async (home) => {
+    const priv = await startPrivateNode(home, ["--name", "private@127.0.0.1"]);
+    assertEquals(priv.name, "private@127.0.0.1");
+    const to = `private@127.0.0.1:${priv.port}`;
 
-      const ok = await runNodectl(["call", "get_data", "--to", to], home);
-      assertCallReturns(ok, "secret data", `call get_data --to ${to}`);
+    const ok = await runNodectl(["call", "get_data", "--to", to], home);
+    assertCallReturns(ok, "secret data", `call get_data --to ${to}`);
 
-      const wrongCookie = randomCookie();
-      const before = priv.process.lineCount;
-      const refused = await runNodectl(["call", "get_data", "--to", to], home, {
-        env: { NODECTL_COOKIE: wrongCookie },
-      });
-      assertOneLineFailure(refused, 7, "call with a wrong cookie");
-      for (const cookie of [home.cookie, wrongCookie]) {
-        assert(!refused.stderr.includes(cookie), "the message never contains a cookie");
-      }
-      await priv.process.waitForLine(/cookie mismatch/i, { from: before });
-      const log = priv.process.stdout + priv.process.stderr;
-      for (const cookie of [home.cookie, wrongCookie]) {
-        assert(!log.includes(cookie), "the node's log never contains a cookie");
-      }
-      await assertStopsCleanly(priv.process);
-    } finally {
-      await stopAll();
-      home.cleanup();
+    const wrongCookie = randomCookie();
+    const before = priv.process.lineCount;
+    const refused = await runNodectl(["call", "get_data", "--to", to], home, {
+      env: { NODECTL_COOKIE: wrongCookie },
+    });
+    assertOneLineFailure(refused, 7, "call with a wrong cookie");
+    for (const cookie of [home.cookie, wrongCookie]) {
+      assert(!refused.stderr.includes(cookie), "the message never contains a cookie");
     }
-  },
+    await priv.process.waitForLine(/cookie mismatch/i, { from: before });
+    const log = priv.process.stdout + priv.process.stderr;
+    for (const cookie of [home.cookie, wrongCookie]) {
+      assert(!log.includes(cookie), "the node's log never contains a cookie");
+    }
+    await assertStopsCleanly(priv.process);
+  }),
 );
 
 Deno.test(
   "step 3: the public node's /data returns the secret and /healthz turns from 200 to 503 when the private node dies",
-  async () => {
-    const home = createNodeHome();
-    try {
-      const priv = await startNode(
-        ["--role", "private", "--name", "private@127.0.0.1", "--listen", "127.0.0.1:0"],
-        home,
-        { label: "private node" },
-      );
-      const pub = await startNode(
-        [
-          "--role",
-          "public",
-          "--name",
-          "public@127.0.0.1",
-          "--listen",
-          "127.0.0.1:0",
-          "--http",
-          "127.0.0.1:0",
-          "--private-node",
-          `private@127.0.0.1:${priv.port}`,
-        ],
-        home,
-        { label: "public node" },
-      );
-      const port = await publicHttpPort(pub.process);
+  withNodeHome(async (home) => {
+    const priv = await startPrivateNode(home, ["--name", "private@127.0.0.1"]);
+    const pub = await startPublicNode(
+      home,
+      ["--name", "public@127.0.0.1"],
+      `private@127.0.0.1:${priv.port}`,
+    );
+    const port = await publicHttpPort(pub.process);
 
-      assertEquals(await httpGet(port, "/data"), { status: 200, body: "secret data" });
-      const healthy = await httpGet(port, "/healthz");
-      assertEquals(healthy.status, 200, `${healthy.body}\n${pub.process.transcript()}`);
+    assertEquals(await httpGet(port, "/data"), { status: 200, body: "secret data" });
+    const healthy = await httpGet(port, "/healthz");
+    assertEquals(healthy.status, 200, `${healthy.body}\n${pub.process.transcript()}`);
 
-      await priv.process.stop({ signal: "SIGKILL" });
-      let health = healthy;
-      const deadline = Date.now() + WAIT_MS;
-      for (let i = 0; i < 200 && health.status === 200 && Date.now() < deadline; i++) {
-        await sleep(100);
-        health = await httpGet(port, "/healthz");
-      }
-      assertEquals(health.status, 503, `/healthz after the private node died: ${health.body}`);
-      assertMatch(health.body, /private@127\.0\.0\.1/, "the reason names the private node");
-      assert(health.body.trim().length > "private@127.0.0.1".length, "503 carries a reason");
-
-      const data = await httpGet(port, "/data");
-      assert(data.status >= 500, `/data without the private node: ${data.status} ${data.body}`);
-      assert(!data.body.includes("secret data"));
-
-      await assertStopsCleanly(pub.process);
-    } finally {
-      await stopAll();
-      home.cleanup();
+    await priv.process.stop({ signal: "SIGKILL" });
+    let health = healthy;
+    const deadline = Date.now() + WAIT_MS;
+    for (let i = 0; i < 200 && health.status === 200 && Date.now() < deadline; i++) {
+      await sleep(100);
+      health = await httpGet(port, "/healthz");
     }
-  },
+    assertEquals(health.status, 503, `/healthz after the private node died: ${health.body}`);
+    assertMatch(health.body, /private@127\.0\.0\.1/, "the reason names the private node");
+    assert(health.body.trim().length > "private@127.0.0.1".length, "503 carries a reason");
+
+    const data = await httpGet(port, "/data");
+    assert(data.status >= 500, `/data without the private node: ${data.status} ${data.body}`);
+    assert(!data.body.includes("secret data"));
+
+    await assertStopsCleanly(pub.process);
+  }),
 );

@@ -1,15 +1,5 @@
 import { Buffer } from "node:buffer";
-import {
-  chmodSync,
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError } from "../errors.ts";
 import { keyPairFromPrivate, publicKeyFingerprint } from "../transport/crypto.ts";
@@ -21,21 +11,10 @@ import {
   assertNotEquals,
   assertThrows,
 } from "./support/assert.ts";
+import { race, transportModuleUrl } from "./support/race.ts";
+import { fileMode, tempDirWrapper } from "./support/temp.ts";
 
-function withTempDir(fn: (dir: string) => void | Promise<void>): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), "nodectl-identity-"));
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
-
-function mode(path: string): number {
-  return statSync(path).mode & 0o777;
-}
+const withTempDir = tempDirWrapper("nodectl-identity-");
 
 const KEY_B64 = Buffer.alloc(32, 7).toString("base64");
 
@@ -45,9 +24,9 @@ Deno.test(
     const path = join(dir, "config", "identity", "private@host");
     const id = loadOrCreateIdentity(path);
     assertEquals(id.created, true);
-    assertEquals(mode(path), 0o600);
-    assertEquals(mode(join(dir, "config")), 0o700);
-    assertEquals(mode(join(dir, "config", "identity")), 0o700);
+    assertEquals(fileMode(path), 0o600);
+    assertEquals(fileMode(join(dir, "config")), 0o700);
+    assertEquals(fileMode(join(dir, "config", "identity")), 0o700);
     assertEquals(id.keyPair.publicKey.length, 32);
     assertEquals(id.keyPair.privateKey.length, 32);
     assertEquals(id.fingerprint, publicKeyFingerprint(id.keyPair.publicKey));
@@ -152,7 +131,9 @@ Deno.test(
       dir,
       6,
       `
-      const { loadOrCreateIdentity } = await import(${JSON.stringify(moduleUrl("identity.ts"))});
+      const { loadOrCreateIdentity } = await import(${
+        JSON.stringify(transportModuleUrl("identity.ts"))
+      });
       const id = loadOrCreateIdentity(${JSON.stringify(path)});
       return { fingerprint: id.fingerprint, created: id.created };
     `,
@@ -160,55 +141,8 @@ Deno.test(
     const final = loadOrCreateIdentity(path);
     for (const r of results) assertEquals(r.fingerprint, final.fingerprint);
     assertEquals(results.filter((r) => r.created).length, 1);
-    assertEquals(mode(path), 0o600);
+    assertEquals(fileMode(path), 0o600);
     assertEquals(readdirSync(join(dir, "nodectl", "identity")), ["private@host"]);
     assert(existsSync(path));
   }),
 );
-
-function moduleUrl(file: string): string {
-  return new URL(`../transport/${file}`, import.meta.url).href;
-}
-
-/**
- * Runs `body` (an async function body returning JSON) in `n` child processes that start it at
- * the same moment, and resolves to what each returned.
- */
-async function race(dir: string, n: number, body: string): Promise<unknown[]> {
-  const script = join(dir, "race_child.ts");
-  const go = join(dir, "go");
-  writeFileSync(
-    script,
-    `import { existsSync, writeFileSync } from "node:fs";
-const [ready, go] = Deno.args;
-writeFileSync(ready, "");
-while (!existsSync(go)) await new Promise((resolve) => setTimeout(resolve, 1));
-const result = await (async () => { ${body} })();
-console.log(JSON.stringify(result));
-`,
-  );
-  const exited = new Array<boolean>(n).fill(false);
-  const children = Array.from({ length: n }, (_, i) => {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", "--no-lock", script, join(dir, `ready-${i}`), go],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    child.status.then(() => exited[i] = true);
-    return child;
-  });
-  const allReady = () => exited.every((_, i) => existsSync(join(dir, `ready-${i}`)));
-  while (!allReady() && !exited.some((e) => e)) {
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-  writeFileSync(go, "");
-  const outputs = await Promise.all(children.map((c) => c.output()));
-  for (let i = 0; i < n; i++) rmSync(join(dir, `ready-${i}`), { force: true });
-  rmSync(go);
-  rmSync(script);
-  return outputs.map((out) => {
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert(out.success, `child failed: ${stderr}`);
-    return JSON.parse(new TextDecoder().decode(out.stdout));
-  });
-}

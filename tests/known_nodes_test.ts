@@ -1,31 +1,14 @@
 import { Buffer } from "node:buffer";
-import {
-  chmodSync,
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError } from "../errors.ts";
 import { generateKeyPair, publicKeyFingerprint } from "../transport/crypto.ts";
 import { keyChangedMessage, KnownNodes, notListedMessage } from "../transport/known_nodes.ts";
 import { assert, assertEquals, assertMatch, assertThrows } from "./support/assert.ts";
+import { race, transportModuleUrl } from "./support/race.ts";
+import { fileMode, tempDirWrapper } from "./support/temp.ts";
 
-function withTempDir(fn: (dir: string) => void | Promise<void>): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), "nodectl-known-"));
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
+const withTempDir = tempDirWrapper("nodectl-known-");
 
 const key = () => generateKeyPair().publicKey;
 const b64 = (k: Uint8Array) => Buffer.from(k).toString("base64");
@@ -48,8 +31,8 @@ Deno.test(
     const known = KnownNodes.load(path, { strict: false });
     const pinned = key();
     assertEquals(known.pin("private@host", pinned), { status: "pinned" });
-    assertEquals(statSync(path).mode & 0o777, 0o600);
-    assertEquals(statSync(join(dir, "nodectl")).mode & 0o777, 0o700);
+    assertEquals(fileMode(path), 0o600);
+    assertEquals(fileMode(join(dir, "nodectl")), 0o700);
     assertEquals(readFileSync(path, "utf8"), `private@host ${b64(pinned)}\n`);
     assertEquals(known.check("private@host", pinned), { status: "known" });
     assertEquals(known.check("private@host", key()), { status: "changed", pinned });
@@ -106,7 +89,7 @@ Deno.test(
       readFileSync(path, "utf8"),
       `# pinned by hand\nb@host ${b64(b)}  # the other one\n`,
     );
-    assertEquals(statSync(path).mode & 0o777, 0o600);
+    assertEquals(fileMode(path), 0o600);
     assertEquals(known.forget("a@host"), false);
     assertEquals(readdirSync(dir), ["known_nodes"]);
     const other = key();
@@ -257,8 +240,8 @@ Deno.test(
       dir,
       writers,
       `
-      const { KnownNodes } = await import(${JSON.stringify(moduleUrl("known_nodes.ts"))});
-      const { generateKeyPair } = await import(${JSON.stringify(moduleUrl("crypto.ts"))});
+      const { KnownNodes } = await import(${JSON.stringify(transportModuleUrl("known_nodes.ts"))});
+      const { generateKeyPair } = await import(${JSON.stringify(transportModuleUrl("crypto.ts"))});
       const known = KnownNodes.load(${JSON.stringify(path)}, { strict: false });
       const me = Deno.args[0].slice(-1);
       const shared = generateKeyPair().publicKey;
@@ -289,51 +272,3 @@ Deno.test(
     assertEquals(sharedLines[0], `shared@host ${winners[0]!.shared}`);
   }),
 );
-
-function moduleUrl(file: string): string {
-  return new URL(`../transport/${file}`, import.meta.url).href;
-}
-
-/**
- * Runs `body` (an async function body returning JSON) in `n` child processes that start it at
- * the same moment, and resolves to what each returned. `Deno.args[0]` ends with the child's
- * index.
- */
-async function race(dir: string, n: number, body: string): Promise<unknown[]> {
-  const script = join(dir, "race_child.ts");
-  const go = join(dir, "go");
-  writeFileSync(
-    script,
-    `import { existsSync, writeFileSync } from "node:fs";
-const [ready, go] = Deno.args;
-writeFileSync(ready, "");
-while (!existsSync(go)) await new Promise((resolve) => setTimeout(resolve, 1));
-const result = await (async () => { ${body} })();
-console.log(JSON.stringify(result));
-`,
-  );
-  const exited = new Array<boolean>(n).fill(false);
-  const children = Array.from({ length: n }, (_, i) => {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", "--no-lock", script, join(dir, `ready-${i}`), go],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    child.status.then(() => exited[i] = true);
-    return child;
-  });
-  const allReady = () => exited.every((_, i) => existsSync(join(dir, `ready-${i}`)));
-  while (!allReady() && !exited.some((e) => e)) {
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-  writeFileSync(go, "");
-  const outputs = await Promise.all(children.map((c) => c.output()));
-  for (let i = 0; i < n; i++) rmSync(join(dir, `ready-${i}`), { force: true });
-  rmSync(go);
-  rmSync(script);
-  return outputs.map((out) => {
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert(out.success, `child failed: ${stderr}`);
-    return JSON.parse(new TextDecoder().decode(out.stdout));
-  });
-}

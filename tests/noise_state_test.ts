@@ -33,6 +33,7 @@ import {
   assertNotEquals,
   assertThrows,
 } from "./support/assert.ts";
+import { concat } from "./support/bytes.ts";
 
 const XXPSK0 = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 const EMPTY = new Uint8Array(0);
@@ -405,16 +406,6 @@ Deno.test("dhOperations() counts X25519 computations, failed ones included", () 
   assertEquals(dhOperations() - before, 2);
 });
 
-function joined(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 Deno.test("aeadEncryptParts() equals aeadEncrypt() of the joined parts, with and without ad", () => {
   const key = randomBytes(32);
   const plain = randomBytes(70_000).subarray(0, 65_519);
@@ -429,12 +420,12 @@ Deno.test("aeadEncryptParts() equals aeadEncrypt() of the joined parts, with and
       }
       const pieces = aeadEncryptParts(key, 42n, ad, parts);
       const whole = aeadEncrypt(key, 42n, ad, plain);
-      assertEquals(joined(pieces), whole, `cuts ${cuts}`);
+      assertEquals(concat(...pieces), whole, `cuts ${cuts}`);
       assertEquals(pieces.at(-1)!.length, 16, "the tag comes last, on its own");
       assertEquals(aeadDecrypt(key, 42n, ad, whole), plain);
     }
   }
-  assertEquals(joined(aeadEncryptParts(key, 1n, EMPTY, [])), aeadEncrypt(key, 1n, EMPTY, EMPTY));
+  assertEquals(concat(...aeadEncryptParts(key, 1n, EMPTY, [])), aeadEncrypt(key, 1n, EMPTY, EMPTY));
 });
 
 Deno.test("encryptPartsWithAd() is encryptWithAd() of the joined parts and advances the nonce", () => {
@@ -443,16 +434,16 @@ Deno.test("encryptPartsWithAd() is encryptWithAd() of the joined parts and advan
   a.initializeKey(key);
   b.initializeKey(key);
   const parts = [text("frame one|"), randomBytes(5000), text("|three")];
-  const sealed = joined(a.encryptPartsWithAd(text("ad"), parts));
+  const sealed = concat(...a.encryptPartsWithAd(text("ad"), parts));
   assertEquals(a.nonce, 1n);
-  assertEquals(b.decryptWithAd(text("ad"), sealed), joined(parts));
+  assertEquals(b.decryptWithAd(text("ad"), sealed), concat(...parts));
   a.setNonce(MAX_NONCE);
   assertThrows(() => a.encryptPartsWithAd(EMPTY, parts), NonceExhaustedError);
   a.wipe();
   assertThrows(() => a.encryptPartsWithAd(EMPTY, parts), HandshakeStateError, "wiped");
   const keyless = new CipherState();
   keyless.initializeKey(undefined);
-  assertEquals(keyless.encryptPartsWithAd(EMPTY, parts), [joined(parts)]);
+  assertEquals(keyless.encryptPartsWithAd(EMPTY, parts), [concat(...parts)]);
 });
 
 Deno.test("HMAC by hand (RFC 2104 over BLAKE2s) equals node:crypto's createHmac", () => {

@@ -1,14 +1,4 @@
-import {
-  chmodSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  rmSync,
-  statSync,
-  symlinkSync,
-  writeFileSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, existsSync, mkdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { DatabaseSync } from "node:sqlite";
@@ -23,24 +13,9 @@ import {
   STORE_FILE,
 } from "../services/secret_store.ts";
 import { assert, assertEquals, assertMatch, assertThrows } from "./support/assert.ts";
+import { fileMode, tempDirWrapper } from "./support/temp.ts";
 
-function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), "nodectl-store-"));
-}
-
-const mode = (path: string) => statSync(path).mode & 0o777;
-
-/** Runs `fn` with a fresh temporary directory, removed afterwards. */
-function withTempDir(fn: (dir: string) => void | Promise<void>): () => Promise<void> {
-  return async () => {
-    const dir = tempDir();
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
+const withTempDir = tempDirWrapper("nodectl-store-");
 
 Deno.test(
   "open() on a new directory creates the schema and seeds 'secret data' under the default key",
@@ -83,14 +58,14 @@ Deno.test(
       process.umask(old);
     }
     try {
-      assertEquals(mode(dir), 0o700);
+      assertEquals(fileMode(dir), 0o700);
       const db = join(dir, STORE_FILE);
-      assertEquals(mode(db), 0o600);
+      assertEquals(fileMode(db), 0o600);
       // While the store is open in WAL mode both companion files exist.
       assert(existsSync(db + "-wal"), "secret.db-wal should exist while the store is open");
       assert(existsSync(db + "-shm"), "secret.db-shm should exist while the store is open");
-      assertEquals(mode(db + "-wal"), 0o600);
-      assertEquals(mode(db + "-shm"), 0o600);
+      assertEquals(fileMode(db + "-wal"), 0o600);
+      assertEquals(fileMode(db + "-shm"), 0o600);
     } finally {
       store.close();
     }
@@ -107,8 +82,8 @@ Deno.test(
     chmodSync(db + "-wal", 0o666);
     const store = SecretStore.open(dir);
     try {
-      assertEquals(mode(db), 0o600);
-      assertEquals(mode(db + "-wal"), 0o600);
+      assertEquals(fileMode(db), 0o600);
+      assertEquals(fileMode(db + "-wal"), 0o600);
       assertEquals(store.get(), "secret data");
     } finally {
       store.close();

@@ -24,19 +24,10 @@ import { connectTcp, listenTcp } from "../transport/tcp.ts";
 import { FakeClock } from "../transport/timers.ts";
 import type { CloseReason, PeerInfo, Transport } from "../transport/types.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
+import { take, turn } from "./support/async.ts";
+import { concat } from "./support/bytes.ts";
 
 const EMPTY = new Uint8Array(0);
-
-/** `parts` back to back in one array (several frames in one Noise message). */
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 /** A one-frame message: DATA FIRST|LAST for message `id`. */
 function whole(id: number, payload: Uint8Array): Uint8Array {
@@ -77,11 +68,6 @@ interface Log {
 function logger(): Log {
   const lines: string[] = [];
   return { lines, log: (line) => lines.push(line) };
-}
-
-/** Resolves after pending callbacks had a chance to run (not a timed wait). */
-function turn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
 
 async function settle(rounds = 5): Promise<void> {
@@ -168,16 +154,6 @@ function rawPeer(options: SessionOptions = {}): {
   const clock = new FakeClock();
   const session = new NoiseSession(t, mine, peer("b@host"), { clock, ...options, log: log.log });
   return { session, raw, it: raw[Symbol.asyncIterator](), mine, theirs, log, clock };
-}
-
-async function take(s: AsyncIterable<Uint8Array>, n: number): Promise<Uint8Array[]> {
-  const out: Uint8Array[] = [];
-  if (n === 0) return out;
-  for await (const m of s) {
-    out.push(m);
-    if (out.length === n) break;
-  }
-  return out;
 }
 
 async function drain(s: AsyncIterable<Uint8Array>): Promise<Uint8Array[]> {

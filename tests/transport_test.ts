@@ -32,22 +32,13 @@ import { connectTcp, listenTcp, WireDecoder } from "../transport/tcp.ts";
 import { FakeClock } from "../transport/timers.ts";
 import type { Listener, Transport } from "../transport/types.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./support/assert.ts";
+import { take, turn } from "./support/async.ts";
+import { concat } from "./support/bytes.ts";
 
 function bytes(n: number, seed = 1): Uint8Array {
   const b = new Uint8Array(n);
   for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
   return b;
-}
-
-/** `parts` back to back in one array. */
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Frames `messages` as on the TCP wire: 2-byte big-endian length, then the message. */
@@ -63,26 +54,11 @@ function wire(messages: Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** Resolves after pending I/O callbacks had a chance to run (not a timed wait). */
-function turn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 async function isPending(p: Promise<unknown>): Promise<boolean> {
   let settled = false;
   p.then(() => settled = true, () => settled = true);
   await turn();
   return !settled;
-}
-
-async function collect(t: AsyncIterable<Uint8Array>, n: number): Promise<Uint8Array[]> {
-  const out: Uint8Array[] = [];
-  if (n === 0) return out;
-  for await (const m of t) {
-    out.push(m);
-    if (out.length === n) break;
-  }
-  return out;
 }
 
 // --- frames --------------------------------------------------------------------------------------
@@ -276,8 +252,8 @@ Deno.test("memoryTransportPair() passes messages whole and in order, both ways",
   const sent = [bytes(0), bytes(1), bytes(NOISE_MAX_MESSAGE)];
   for (const m of sent) await a.send(m);
   await b.send(bytes(5));
-  assertEquals(await collect(b, 3), sent);
-  assertEquals(await collect(a, 1), [bytes(5)]);
+  assertEquals(await take(b, 3), sent);
+  assertEquals(await take(a, 1), [bytes(5)]);
   a.close();
   await b.closed;
 });
@@ -394,9 +370,9 @@ Deno.test("TCP transport carries messages of 0 to 65535 bytes whole, both ways",
     const sizes = [0, 1, 2, 100, 4095, 4096, 30000, NOISE_MAX_MESSAGE];
     const toServer = sizes.map((n, i) => bytes(n, i));
     await Promise.all(toServer.map((m) => client.send(m)));
-    assertEquals(await collect(server, toServer.length), toServer);
+    assertEquals(await take(server, toServer.length), toServer);
     await server.send(bytes(10, 77));
-    assertEquals(await collect(client, 1), [bytes(10, 77)]);
+    assertEquals(await take(client, 1), [bytes(10, 77)]);
     await assertRejects(() => client.send(new Uint8Array(NOISE_MAX_MESSAGE + 1)), RangeError);
   } finally {
     await listener.close();
@@ -411,7 +387,7 @@ Deno.test("TCP transport reassembles frames split across TCP writes", async () =
   try {
     const messages = [bytes(5, 1), bytes(1000, 2), bytes(0), bytes(3, 3)];
     const stream = wire(messages);
-    const received = collect(client, messages.length);
+    const received = take(client, messages.length);
     // The length prefix alone, then single bytes, then the rest in odd pieces.
     await writeRaw(socket, stream.subarray(0, 1));
     await turn();
@@ -436,7 +412,7 @@ Deno.test("TCP transport yields every frame when many arrive in one chunk", asyn
   const socket = await raw.socket;
   try {
     const messages = Array.from({ length: 3000 }, (_, i) => bytes(i % 50, i));
-    const received = collect(client, messages.length);
+    const received = take(client, messages.length);
     await writeRaw(socket, wire(messages));
     assertEquals(await received, messages);
   } finally {
@@ -480,7 +456,7 @@ Deno.test("TCP transport: a close by one side ends the other's iteration and bot
   await listener.close();
   await client.send(bytes(8));
   client.close();
-  const got = await collect(server, 1);
+  const got = await take(server, 1);
   assertEquals(got, [bytes(8)]);
   const it = server[Symbol.asyncIterator]();
   assertEquals((await it.next()).done, true);
@@ -497,7 +473,7 @@ Deno.test("TCP transport iteration throws NodeDownError when the connection ends
   try {
     await writeRaw(socket, Uint8Array.of(0, 10, 1, 2)); // 2 of 10 bytes
     socket.end();
-    await assertRejects(() => collect(client, 1), NodeDownError, "middle of a message");
+    await assertRejects(() => take(client, 1), NodeDownError, "middle of a message");
   } finally {
     client.close();
     await client.closed;
