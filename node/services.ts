@@ -27,7 +27,10 @@ export type ServiceFunction = (ctx: CallContext, ...args: unknown[]) => unknown;
 export interface ServiceDefinition {
   /** The declared functions; nothing else on the service is callable. */
   functions: Record<string, ServiceFunction>;
-  /** Per-function allowlist of peer names or key fingerprints; "local" admits in-process callers. */
+  /**
+   * Per-function allowlist of peer names or key fingerprints; "local" admits in-process callers.
+   * A function without an entry is open to every authenticated peer.
+   */
   allow?: Partial<Record<string, string[]>>;
 }
 
@@ -94,8 +97,11 @@ export class ServiceRegistry {
     const allow = service.allow?.[fn];
     if (allow === undefined) return true;
     if (caller === "local") return allow.includes("local");
-    return allow.includes(caller.name) || (caller.fingerprint !== ""
-      && allow.includes(caller.fingerprint));
+    // "local" names in-process callers only: a peer never matches it, whatever it calls itself.
+    return allow.some((entry) =>
+      entry !== "local"
+      && (entry === caller.name || (caller.fingerprint !== "" && entry === caller.fingerprint))
+    );
   }
 
   #callable(service: ServiceDefinition, caller: PeerInfo | "local"): string[] {

@@ -369,3 +369,12 @@ Deno.test("strict known_nodes admits a hidden caller whose key is listed under a
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+Deno.test("a peer must present a name@host node name; 'local' or a bare word is refused", async () => {
+  for (const bad of ["local", "no host", "a@b@c"]) {
+    const b = side("private@host");
+    const err = await assertRejects(() => handshake(side(bad), b), AuthFailedError);
+    assertEquals(err.reason, "refused_by_peer");
+    assertMatch(b.logs.join("\n"), /without a valid node name/);
+  }
+});

@@ -1690,3 +1690,22 @@ Deno.test("one 1 s deadline covers a TCP handshake that never completes: Timeout
     Deno.removeSync(runDir, { recursive: true });
   }
 });
+
+Deno.test("an allowlist entry 'local' admits in-process callers only, never a peer calling itself local", async () => {
+  const { ServiceRegistry } = await import("../node/services.ts");
+  const registry = new ServiceRegistry("private@host");
+  registry.register("Admin", {
+    functions: { rotate: () => "rotated" },
+    allow: { rotate: ["local", "SHA256:trusted"] },
+  });
+  assertEquals(await registry.invoke("Admin", "rotate", [], "local"), "rotated");
+  const impostor = {
+    name: "local",
+    publicKey: new Uint8Array(32),
+    fingerprint: "SHA256:other",
+    hidden: false,
+  };
+  await assertRejects(() => registry.invoke("Admin", "rotate", [], impostor), UndefError);
+  const trusted = { ...impostor, name: "admin@host", fingerprint: "SHA256:trusted" };
+  assertEquals(await registry.invoke("Admin", "rotate", [], trusted), "rotated");
+});

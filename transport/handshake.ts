@@ -76,6 +76,9 @@ interface Hello {
   hidden: boolean;
 }
 
+/** What a peer may call itself: `alive@host`, as node/names.ts builds them. */
+const PEER_NAME = /^[A-Za-z0-9_-]{1,64}@[^\s@]{1,255}$/;
+
 function encodeHello(h: Hello): Uint8Array {
   return cborEncode({ n: h.name, h: h.hidden });
 }
@@ -88,8 +91,8 @@ function decodeHello(bytes: Uint8Array): Hello {
     throw new ProtocolError("peer sent a malformed hello");
   }
   const o = v as { n?: unknown; h?: unknown };
-  if (typeof o !== "object" || o === null || typeof o.n !== "string" || o.n.length === 0) {
-    throw new ProtocolError("peer sent a hello without a node name");
+  if (typeof o !== "object" || o === null || typeof o.n !== "string" || !PEER_NAME.test(o.n)) {
+    throw new ProtocolError("peer sent a hello without a valid node name (name@host)");
   }
   return { name: o.n, hidden: o.h === true };
 }
@@ -412,10 +415,13 @@ export async function respond(
     }
     let hello: Hello;
     try {
-      if (m3[0] !== MSG_FINISH) throw new ProtocolError("unexpected message");
+      if (m3[0] !== MSG_FINISH) throw new ProtocolError("its final message has the wrong type");
       hello = decodeHello(hs.readMessage(m3.subarray(1)));
-    } catch {
-      log(`handshake from ${from} failed: its final message does not authenticate`);
+    } catch (err) {
+      const why = err instanceof ProtocolError
+        ? err.message
+        : "its final message does not authenticate";
+      log(`handshake from ${from} failed: ${why}`);
       transport.close();
       return undefined;
     }
