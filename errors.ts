@@ -34,6 +34,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
 
 /** Base class: a one-line, actionable message and a stable code. */
 export abstract class NodectlError extends Error {
+  /** The stable code that crosses the wire. */
   abstract readonly code: ErrorCode;
   /** The process exit code the CLI uses for this error. */
   get exitCode(): number {
@@ -43,8 +44,11 @@ export abstract class NodectlError extends Error {
 
 /** No service registered under that name on that node. */
 export class NoProcError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "noproc";
+  /** The class name, as shown in logs. */
   override name = "NoProcError";
+  /** Creates the error; `message` is one actionable line. */
   constructor(
     message: string,
     readonly node: string,
@@ -57,14 +61,19 @@ export class NoProcError extends NodectlError {
 
 /** The service exists but does not declare that function (or the caller is not allowed). */
 export class UndefError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "undef";
+  /** The class name, as shown in logs. */
   override name = "UndefError";
 }
 
 /** The node is unreachable, or the connection was lost mid-call. */
 export class NodeDownError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "nodedown";
+  /** The class name, as shown in logs. */
   override name = "NodeDownError";
+  /** Creates the error; `message` is one actionable line. */
   constructor(message: string, readonly node?: string) {
     super(message);
   }
@@ -72,7 +81,9 @@ export class NodeDownError extends NodectlError {
 
 /** The deadline passed. */
 export class TimeoutError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "timeout";
+  /** The class name, as shown in logs. */
   override name = "TimeoutError";
 }
 
@@ -86,8 +97,11 @@ export type AuthFailure =
 
 /** The handshake failed: wrong cookie, changed or unlisted key. Says which side refused. */
 export class AuthFailedError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "auth_failed";
+  /** The class name, as shown in logs. */
   override name = "AuthFailedError";
+  /** Creates the error; `message` is one actionable line. */
   constructor(
     message: string,
     readonly reason: AuthFailure,
@@ -99,8 +113,11 @@ export class AuthFailedError extends NodectlError {
 
 /** The remote function threw; carries its message and remote stack. */
 export class RemoteError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "remote_error";
+  /** The class name, as shown in logs. */
   override name = "RemoteError";
+  /** Creates the error; `message` is one actionable line. */
   constructor(message: string, readonly remoteStack?: string) {
     super(message);
   }
@@ -108,24 +125,32 @@ export class RemoteError extends NodectlError {
 
 /** A message exceeded the configured maximum size. */
 export class PayloadTooLargeError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "payload_too_large";
+  /** The class name, as shown in logs. */
   override name = "PayloadTooLargeError";
 }
 
 /** Arguments (or a reply) could not be encoded or decoded. */
 export class BadArgError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "badarg";
+  /** The class name, as shown in logs. */
   override name = "BadArgError";
 }
 
 /** Bad configuration: a malformed name, a weak cookie, an unreadable key file. */
 export class ConfigError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "config";
+  /** The class name, as shown in logs. */
   override name = "ConfigError";
 }
 
 /** The peer broke the protocol: malformed frame, wrong version. */
 export class ProtocolError extends NodectlError {
+  /** The stable code that crosses the wire. */
   readonly code = "protocol";
+  /** The class name, as shown in logs. */
   override name = "ProtocolError";
 }

@@ -27,6 +27,8 @@ export {
   estimateCookieBits,
   generateCookie,
   loadCookie,
+  type LoadCookieOptions,
+  type LoadedCookie,
   MIN_COOKIE_BITS,
   writeFileExclusive,
 } from "./transport/cookie.ts";
@@ -37,15 +39,23 @@ export {
   NOISE_PROTOCOL,
 } from "./transport/handshake.ts";
 export { type Identity, identityPath, loadOrCreateIdentity } from "./transport/identity.ts";
-export { KNOWN_NODES_FILE_NAME, KnownNodes } from "./transport/known_nodes.ts";
+export {
+  type CheckResult,
+  KNOWN_NODES_FILE_NAME,
+  type KnownNode,
+  KnownNodes,
+  type PinResult,
+} from "./transport/known_nodes.ts";
 export { memoryDialer } from "./transport/memory_dialer.ts";
 export {
   plainNetwork,
+  type PlainNetworkOptions,
   secureNetwork,
   tcpDialer,
   type TransportDialer,
 } from "./transport/network.ts";
 export type { SessionOptions } from "./transport/session.ts";
+export type { Clock, TimerHandle } from "./transport/timers.ts";
 export type {
   CloseReason,
   Listener,
@@ -56,26 +66,41 @@ export type {
 } from "./transport/types.ts";
 
 // node/: names, nodes, calls, monitors
-export type { NodeEvent } from "./node/monitor.ts";
+export type { BackoffOptions } from "./node/backoff.ts";
+export type { MonitorOptions, NodeEvent } from "./node/monitor.ts";
 export {
   DEFAULT_PORT,
   formatAddress,
+  type NodeName,
   parseNodeName,
   shortHostname,
   shortName,
 } from "./node/names.ts";
 export * from "./node/node.ts";
 export { defaultRunDir } from "./node/run_dir.ts";
-export type { CallContext, ServiceDefinition } from "./node/services.ts";
+export type { CallContext, ServiceDefinition, ServiceFunction } from "./node/services.ts";
 
 // services/: the Secret store, SecretService, PublicService, logging
-export { createLogger, isLogLevel, type Logger, type LogLevel } from "./services/log.ts";
+export {
+  createLogger,
+  isLogLevel,
+  LOG_LEVELS,
+  type Logger,
+  type LoggerOptions,
+  type LogLevel,
+} from "./services/log.ts";
 export { PrivateAPI } from "./services/private_api.ts";
 export {
   DEFAULT_HTTP_HOST,
   DEFAULT_HTTP_PORT,
   type HealthStatus,
+  type PublicServiceHandle,
+  type PublicServiceOptions,
   startPublicService,
 } from "./services/public_service.ts";
-export { SECRET_SERVICE, secretService } from "./services/secret_service.ts";
-export { DEFAULT_KEY, SecretStore } from "./services/secret_store.ts";
+export {
+  SECRET_SERVICE,
+  secretService,
+  type SecretServiceOptions,
+} from "./services/secret_service.ts";
+export { DEFAULT_KEY, type SecretInfo, SecretStore } from "./services/secret_store.ts";

@@ -21,7 +21,7 @@ import { RunDir, type RunDirClaim } from "./run_dir.ts";
 import { type ServiceDefinition, ServiceRegistry } from "./services.ts";
 
 /** Log severity. */
-export type LogLevel = "debug" | "info" | "warn" | "error";
+export type NodeLogLevel = "debug" | "info" | "warn" | "error";
 
 /** Options of {@link Node.start}. */
 export interface NodeOptions {
@@ -45,7 +45,7 @@ export interface NodeOptions {
   /** Reconnect timing after a lost connection, or false to never reconnect by itself. */
   reconnect?: BackoffOptions | false;
   /** Receives log lines; default: none. */
-  log?: (level: LogLevel, message: string) => void;
+  log?: (level: NodeLogLevel, message: string) => void;
 }
 
 /** Options of {@link Node.call} and {@link Node.cast}. */
@@ -171,7 +171,7 @@ export class Node {
   readonly #events = new EventHub();
   readonly #peers = new Map<string, Peer>();
   readonly #reconnect: BackoffOptions | false;
-  readonly #log: (level: LogLevel, message: string) => void;
+  readonly #log: (level: NodeLogLevel, message: string) => void;
   readonly #runDirPath: string | undefined;
   #runDir: RunDir | undefined;
   #claim: RunDirClaim | undefined;

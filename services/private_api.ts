@@ -12,6 +12,7 @@ const SERVICE = "SecretService";
 /** Typed access to the private node's SecretService. */
 export class PrivateAPI {
   /** @param call sends a call to the private node; @param node its name, for messages. */
+  /** A client that reaches SecretService on `node` through `call`. */
   constructor(private readonly call: Caller, readonly node: string) {}
 
   /**

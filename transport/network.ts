@@ -13,10 +13,12 @@ import type { Listener, Network, Session, Transport } from "./types.ts";
 
 /** Opens and accepts raw transports: TCP, or an in-memory switchboard in tests. */
 export interface TransportDialer {
+  /** Accepts transports on `address`, handing each to `onTransport`. */
   listen(
     address: { host: string; port: number },
     onTransport: (t: Transport) => void,
   ): Promise<Listener>;
+  /** Opens a transport to `address`; rejects with NodeDownError, or TimeoutError on abort. */
   connect(address: { host: string; port: number }, signal?: AbortSignal): Promise<Transport>;
 }
 
@@ -83,8 +85,11 @@ async function dial(
 
 /** Options of the plain (unencrypted) network. */
 export interface PlainNetworkOptions {
+  /** This node's name, sent to the peer. */
   localName: string;
+  /** Whether this node is hidden. */
   hidden?: boolean;
+  /** Options for the sessions. */
   session?: SessionOptions;
 }
 

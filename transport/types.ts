@@ -52,6 +52,7 @@ export type CloseReason =
  * sends, so a small message is never stuck behind a large one.
  */
 export interface Session extends AsyncIterable<Uint8Array> {
+  /** Who the session is with, as authenticated by the handshake. */
   readonly peer: PeerInfo;
   /** The largest message this side accepts (and sends); told to the peer by the node layer. */
   readonly maxMessageSize?: number;
@@ -67,7 +68,9 @@ export interface Session extends AsyncIterable<Uint8Array> {
 export interface Listener {
   /** The bound port (useful when asked for port 0). */
   readonly port: number;
+  /** The bound host. */
   readonly host: string;
+  /** Stops accepting; sessions already handed out stay open. */
   close(): Promise<void>;
 }
 
