@@ -204,28 +204,26 @@ Deno.test("call --json prints machine-readable results and errors keep their exi
   }
 });
 
-Deno.test("set_secret works for the key listed with --admin-allow, and a reply over the size limit is payload_too_large", async () => {
+Deno.test("set_secret works for the key listed with --admin-allow, survives kill -9 of the node, and a call over the size limit is payload_too_large", async () => {
   const home = createNodeHome();
   try {
     const id = await runNodectl(["id", "--call"], home);
     assertEquals(id.code, 0, id.stderr);
     const fingerprint = id.stdout.split(" ")[1]!;
     assertMatch(fingerprint, /^SHA256:/);
-    await startNode(
-      [
-        "--role",
-        "private",
-        "--sname",
-        "admin",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-allow",
-        fingerprint,
-        "--max-message-size",
-        "2048",
-      ],
-      home,
-    );
+    const args = [
+      "--role",
+      "private",
+      "--sname",
+      "admin",
+      "--listen",
+      "127.0.0.1:0",
+      "--admin-allow",
+      fingerprint,
+      "--max-message-size",
+      "2048",
+    ];
+    const first = await startNode(args, home);
     // The new value comes on standard input ("-"), never on the command line.
     const child = new Deno.Command(await ensureBinary(), {
       args: ["call", "SecretService.set_secret", "default", "-", "--to", "admin"],
@@ -240,6 +238,9 @@ Deno.test("set_secret works for the key listed with --admin-allow, and a reply o
     await writer.close();
     const set = await child.output();
     assertEquals(set.code, 0, new TextDecoder().decode(set.stderr));
+    // Acknowledged means durable: kill -9 the node right after, start it again, read it back.
+    await first.process.stop({ signal: "SIGKILL" });
+    await startNode(args, home);
     const got = await runNodectl(["call", "get_data", "--to", "admin"], home);
     assertEquals(got.stdout, "rotated data\n");
     const big = "x".repeat(4096);
