@@ -378,3 +378,14 @@ Deno.test("a peer must present a name@host node name; 'local' or a bare word is 
     assertMatch(b.logs.join("\n"), /without a valid node name/);
   }
 });
+
+Deno.test("memoryDialer: a listener on 0.0.0.0 accepts connections for any host, like a socket", async () => {
+  const dialer = memoryDialer();
+  const accepted: Transport[] = [];
+  const listener = await dialer.listen({ host: "0.0.0.0", port: 4370 }, (t) => accepted.push(t));
+  const t = await dialer.connect({ host: "private.example", port: 4370 });
+  assertEquals(accepted.length, 1);
+  t.close();
+  await listener.close();
+  await assertRejects(() => dialer.connect({ host: "private.example", port: 4370 }));
+});

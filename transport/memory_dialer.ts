@@ -17,7 +17,9 @@ export function memoryDialer(): TransportDialer {
   return {
     listen(address, onTransport) {
       const port = address.port === 0 ? nextPort++ : address.port;
-      const key = `${address.host}:${port}`;
+      // A wildcard address listens for every host name, as it does on a socket.
+      const wildcard = address.host === "0.0.0.0" || address.host === "::";
+      const key = wildcard ? `*:${port}` : `${address.host}:${port}`;
       if (listeners.has(key)) {
         return Promise.reject(new Error(`address ${key} is already in use`));
       }
@@ -34,7 +36,7 @@ export function memoryDialer(): TransportDialer {
     connect(address, signal) {
       if (signal?.aborted) return Promise.reject(new TimeoutError("connect aborted"));
       const key = `${address.host}:${address.port}`;
-      const accept = listeners.get(key);
+      const accept = listeners.get(key) ?? listeners.get(`*:${address.port}`);
       if (!accept) return Promise.reject(new NodeDownError(`connection refused by ${key}`));
       const [client, server] = memoryTransportPair({
         remoteAddresses: [key, `${address.host}:${nextClient++}`],
