@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { concatBytes } from "./bytes.ts";
 import {
   aeadDecrypt,
   aeadEncrypt,
@@ -95,7 +96,7 @@ export class CipherState {
    */
   encryptPartsWithAd(ad: Uint8Array, parts: readonly Uint8Array[]): Uint8Array[] {
     const k = this.#key();
-    if (k === undefined) return [join(parts)];
+    if (k === undefined) return [concatBytes(parts)];
     if (this.#n === MAX_NONCE) throw new NonceExhaustedError();
     const ciphertext = aeadEncryptParts(k, this.#n, ad, parts);
     this.#n++;
@@ -664,16 +665,4 @@ function checkLength(bytes: Uint8Array, what: string): void {
   if (bytes.length !== DHLEN) {
     throw new RangeError(`${what} must be ${DHLEN} bytes, got ${bytes.length}`);
   }
-}
-
-function join(parts: readonly Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const part of parts) length += part.length;
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }

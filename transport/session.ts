@@ -31,6 +31,7 @@
 
 import process from "node:process";
 import { NodeDownError, PayloadTooLargeError, ProtocolError } from "../errors.ts";
+import { concatBytes } from "./bytes.ts";
 import {
   DEAD_PEER_TIMEOUT_MS,
   DEFAULT_MAX_MESSAGE_SIZE,
@@ -187,19 +188,6 @@ class BatchBuilder {
 
 const batch = new BatchBuilder();
 const REKEY_FRAME = encodeRekey();
-
-function join(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return new Uint8Array(parts[0]!);
-  let length = 0;
-  for (const part of parts) length += part.length;
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
 
 function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
@@ -436,7 +424,7 @@ export class NoiseSession implements Session {
     const cipher = this.#send;
     if (!cipher) {
       this.#lastSent = this.#clock.now();
-      return this.#transport.send(join(parts));
+      return this.#transport.send(concatBytes(parts));
     }
     if (cipher.nonce >= REJECT_AFTER_MESSAGES) {
       const why = `${REJECT_AFTER_MESSAGES} messages were sent under one key without a rekey`;
@@ -449,7 +437,7 @@ export class NoiseSession implements Session {
     try {
       wire = cipher.encryptPartsWithAd
         ? cipher.encryptPartsWithAd(EMPTY, parts)
-        : [cipher.encryptWithAd(EMPTY, join(parts))];
+        : [cipher.encryptWithAd(EMPTY, concatBytes(parts))];
     } catch (err) {
       const why = `encryption failed: ${(err as Error).message}`;
       this.#abort(why, new NodeDownError(`session with ${this.#who} closed: ${why}`));
@@ -460,7 +448,7 @@ export class NoiseSession implements Session {
     this.#lastSent = now;
     const transport = this.#transport;
     if (transport.sendParts) return transport.sendParts(wire);
-    return transport.send(wire.length === 1 ? wire[0]! : join(wire));
+    return transport.send(wire.length === 1 ? wire[0]! : concatBytes(wire));
   }
 
   #switchSendKey(cipher: CipherLike, now: number): void {
