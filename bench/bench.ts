@@ -111,8 +111,20 @@ async function transportSection(ctx: BenchContext): Promise<void> {
     ["ChaCha20-Poly1305 encrypt, crypto.ts aeadEncrypt, 64 KiB", mbs(raw.encMBps)],
     ["ChaCha20-Poly1305 decrypt, crypto.ts aeadDecrypt, 64 KiB", mbs(raw.decMBps)],
     ["ChaCha20-Poly1305 encrypt, node:crypto directly, 64 KiB", mbs(raw.nodeEncMBps)],
+    [
+      `  pure JS for comparison: @noble/ciphers, 64 KiB (native ${
+        (raw.encMBps / raw.nobleEncMBps).toFixed(1)
+      }x)`,
+      mbs(raw.nobleEncMBps),
+    ],
     ["encrypt + decrypt of each byte on one thread", mbs(raw.encDecMBps)],
     ["X25519 DH, crypto.ts dh", `${num(raw.dhPerSec)} /s`],
+    [
+      `  pure JS for comparison: tweetnacl scalarMult (native ${
+        (raw.dhPerSec / raw.tweetnaclDhPerSec).toFixed(1)
+      }x)`,
+      `${num(raw.tweetnaclDhPerSec)} /s`,
+    ],
     ["X25519 key generation, crypto.ts generateKeyPair", `${num(raw.keygenPerSec)} /s`],
     ["handshake bound, both sides here (6 DH + 2 keygen)", `${num(raw.handshakeBound)} /s`],
   ]));
