@@ -97,6 +97,8 @@ export async function serve(values: Values): Promise<number> {
     throw new UsageError("--data-dir and --admin-allow belong to the private role", "serve");
   }
 
+  // Checked before anything starts, so a bad name fails with nothing to clean up.
+  const privateNode = isPublic ? (isPrivate ? name : resolvePrivateNode(values, parsed.host)) : "";
   const ctx = openNodeContext(values, "serve", name, log, { hidden: false });
   const cleanups: (() => Promise<void> | void)[] = [];
   const node = await Node.start({
@@ -117,7 +119,6 @@ export async function serve(values: Values): Promise<number> {
       log.info("SecretService started");
     }
     if (isPublic) {
-      const privateNode = isPrivate ? name : resolvePrivateNode(values, parsed.host);
       const api = new PrivateAPI(
         (service, fn, args) => node.call(service, fn, args, { node: privateNode }),
         privateNode,
@@ -162,6 +163,7 @@ function resolvePrivateNode(values: Values, ownHost: string): string {
   if (!given.includes("@")) {
     throw new UsageError(`--private-node needs NAME@HOST[:PORT], got '${given}'`, "serve");
   }
+  parseNodeName(given); // a malformed name fails at start, not on the first request
   return given;
 }
 

@@ -24,6 +24,16 @@ Deno.test("serve refuses an unknown role, a name without a host, and role-less f
     const http = await runNodectl(["serve", "--role", "private", "--http", "127.0.0.1:0"], home);
     assertEquals(http.code, 2);
     assertMatch(http.stderr, /--http and --private-node belong to the public role/);
+    const badPrivate = await runNodectl(
+      ["serve", "--role", "public", "--sname", "p", "--private-node", "pri vate@host"],
+      home,
+    );
+    assertEquals(badPrivate.code, 11);
+    assertMatch(badPrivate.stderr, /^nodectl: invalid node name 'pri vate@host'/);
+    assertEquals(
+      badPrivate.stderr.trim().split("\n").filter((l) => l.startsWith("nodectl:")).length,
+      1,
+    );
     const noRole = await runNodectl(["serve"], home);
     assertEquals(noRole.code, 2);
     assertMatch(noRole.stderr, /--role is required/);
