@@ -282,6 +282,23 @@ export async function crossProcessThroughput(
   ctx: BenchContext,
   mode: Mode | "tcp",
 ): Promise<number> {
+  return await withSessionPeer(ctx, mode, (peer) => {
+    const port = Number(peer.match[1]);
+    return mode === "tcp" ? fetchRaw(ctx, port) : fetchFrom(ctx, mode, port);
+  });
+}
+
+type SessionPeer = Awaited<ReturnType<typeof startChild>>;
+
+/**
+ * Runs `fn` against bench/session_peer.ts started in `mode` in its own process, pinned to CPU 1
+ * while this process is pinned to CPU 0; stops the peer and unpins afterwards.
+ */
+async function withSessionPeer<T>(
+  ctx: BenchContext,
+  mode: string,
+  fn: (peer: SessionPeer) => Promise<T>,
+): Promise<T> {
   const here = dirname(fileURLToPath(import.meta.url));
   const [cmd, args] = pinned(1, scriptCommand(join(here, "session_peer.ts"), [mode]));
   pinSelf("0");
@@ -293,8 +310,7 @@ export async function crossProcessThroughput(
       timeoutMs: 30_000,
     });
     try {
-      const port = Number(peer.match[1]);
-      return mode === "tcp" ? await fetchRaw(ctx, port) : await fetchFrom(ctx, mode, port);
+      return await fn(peer);
     } finally {
       await stopChild(peer.child);
     }
@@ -311,42 +327,27 @@ export async function crossProcessThroughput(
 export async function handshakeCpu(
   ctx: BenchContext,
 ): Promise<{ initiatorUs: number; responderUs: number }> {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const [cmd, args] = pinned(1, scriptCommand(join(here, "session_peer.ts"), ["secure"]));
-  pinSelf("0");
-  try {
-    const peer = await startChild(cmd, args, {
-      env: { ...process.env as Record<string, string>, [PSK_ENV]: toHex(ctx.psk) },
-      stream: "stdout",
-      ready: /^ready (\d+)$/,
-      timeoutMs: 30_000,
-    });
-    try {
-      const network = secureNetwork(
-        tcpDialer,
-        handshakeConfig(ctx, INITIATOR, generateKeyPair(), true),
-      );
-      const port = Number(peer.match[1]);
-      const once = async () => {
-        const s = await network.connect({ host: HOST, port }, { expectedName: SESSION_PEER_NAME });
-        await s.close();
-      };
-      for (let i = 0; i < ctx.q(30, 5); i++) await once();
-      const n = ctx.q(400, 40);
-      const self0 = cpuMs(process.pid);
-      const peer0 = cpuMs(peer.child.pid!);
-      for (let i = 0; i < n; i++) await once();
-      await sleep(50); // the responder finishes its side of the last close
-      return {
-        initiatorUs: (cpuMs(process.pid) - self0) * 1000 / n,
-        responderUs: (cpuMs(peer.child.pid!) - peer0) * 1000 / n,
-      };
-    } finally {
-      await stopChild(peer.child);
-    }
-  } finally {
-    pinSelf(allCpus());
-  }
+  return await withSessionPeer(ctx, "secure", async (peer) => {
+    const network = secureNetwork(
+      tcpDialer,
+      handshakeConfig(ctx, INITIATOR, generateKeyPair(), true),
+    );
+    const port = Number(peer.match[1]);
+    const once = async () => {
+      const s = await network.connect({ host: HOST, port }, { expectedName: SESSION_PEER_NAME });
+      await s.close();
+    };
+    for (let i = 0; i < ctx.q(30, 5); i++) await once();
+    const n = ctx.q(400, 40);
+    const self0 = cpuMs(process.pid);
+    const peer0 = cpuMs(peer.child.pid!);
+    for (let i = 0; i < n; i++) await once();
+    await sleep(50); // the responder finishes its side of the last close
+    return {
+      initiatorUs: (cpuMs(process.pid) - self0) * 1000 / n,
+      responderUs: (cpuMs(peer.child.pid!) - peer0) * 1000 / n,
+    };
+  });
 }
 
 async function fetchRaw(ctx: BenchContext, port: number): Promise<number> {

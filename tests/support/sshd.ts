@@ -74,30 +74,11 @@ export async function startSshd(): Promise<Sshd> {
     mkdirSync(PRIVSEP_DIR, { recursive: true, mode: 0o755 });
     const hostKey = join(dir, "host_ed25519");
     const clientKey = join(dir, "client_ed25519");
-    await mustRun([
-      sshKeygen,
-      "-q",
-      "-t",
-      "ed25519",
-      "-N",
-      "",
-      "-C",
-      "nodectl-test-host",
-      "-f",
-      hostKey,
-    ]);
-    await mustRun([
-      sshKeygen,
-      "-q",
-      "-t",
-      "ed25519",
-      "-N",
-      "",
-      "-C",
-      "nodectl-test-client",
-      "-f",
-      clientKey,
-    ]);
+    for (
+      const [comment, file] of [["nodectl-test-host", hostKey], ["nodectl-test-client", clientKey]]
+    ) {
+      await mustRun([sshKeygen, "-q", "-t", "ed25519", "-N", "", "-C", comment!, "-f", file!]);
+    }
     const authorized = join(dir, "authorized_keys");
     writeFileSync(authorized, readFileSync(`${clientKey}.pub`), { mode: 0o600 });
     const user = await currentUser();
